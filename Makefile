@@ -1,0 +1,42 @@
+# duplexalign — set-up and entry points. `make demo` and `make test` work on a fresh machine
+# (Python 3.11, no GPU): they install what they need first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := $(PYTHON) -m uv
+endif
+
+.PHONY: setup system-deps demo test test-fast compile bench lint clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(VENV)/.synced: pyproject.toml uv.lock
+	@$(PYTHON) -c "import uv" 2>/dev/null || command -v uv >/dev/null || \
+		$(PYTHON) -m pip install -q --disable-pip-version-check 'uv==0.13.*'
+	$(UV) sync --frozen --extra test
+	@touch $@
+
+setup: $(VENV)/.synced  ## create .venv from uv.lock (torch 2.13 CPU, no CUDA, no triton)
+
+system-deps:  ## Debian packages the tests use (PostgreSQL for the consent registry)
+	@command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
+demo: setup  ## the whole pipeline on the embedded default, ends with one JSON line
+	$(VENV)/bin/duplexalign demo
+
+test: setup system-deps  ## the whole test suite (starts its own services)
+	$(VENV)/bin/python -m pytest -q
+
+test-fast: setup  ## unit tests only
+	$(VENV)/bin/python -m pytest -q -m "not integration and not e2e"
+
+compile: setup  ## write pipelines/alignment.yaml
+	$(VENV)/bin/duplexalign compile
+
+clean:  ## stop services and remove local state (keeps the venv)
+	-$(VENV)/bin/duplexalign services down
+	rm -rf .duplexalign

@@ -1,0 +1,342 @@
+"""The data contract every stage shares — the only thing stages know about each other.
+
+Stages exchange data through the object store, laid out as below, and through manifests: a
+manifest is an immutable JSON object whose id is the hash of its content; a stage reads exactly
+one input manifest (never a mutable prefix) and writes exactly one output manifest. The human
+readable version of this module is docs/contract.md; keep both in step.
+
+Bucket layout (data bucket)::
+
+    raw/<batch>/<conversation_id>/metadata.json     logged conversation metadata (ConversationMetadata)
+    raw/<batch>/<conversation_id>/audio.wav         stereo layout: left = model, right = user
+    raw/<batch>/<conversation_id>/model.wav         separate layout: the model's channel
+    raw/<batch>/<conversation_id>/user.wav          separate layout: the user's channel
+    raw/<batch>/<conversation_id>/model_text.json   the model's words {"alignments": [[w, [s, e], spk]]}
+    kb/<doc_id>.json                                the operator's knowledge base (KbDocument)
+    manifests/<stage>/<manifest_id>.json            every manifest (Manifest)
+    manifests/<stage>/shards/<sha256>.jsonl         its items and rejects, content-addressed
+    state/<stage>/<input_manifest_id>/<item>.json   per-item completion markers (ItemResult)
+    quarantine/transcripts/<conversation_id>.json   UNREDACTED transcript, deleted by scrub
+    transcripts/<conversation_id>.json              redacted transcript (Transcript, redacted=True)
+    conversations/<conversation_id>/model.wav       model-only audio after scrub (PII echoes muted)
+    conversations/<conversation_id>/metadata.json   scrubbed metadata (pseudonymous user id)
+    ledger/privacy/<conversation_id>/<run>.json     privacy ledger entries (PrivacyLedgerEntry)
+    reports/<stage>/<manifest_id>/...               reports (rejects, summaries, HTML)
+    mlflow-artifacts/...                            the MLflow server's artifact store
+
+The ground truth of the simulated world lives in a separate bucket that no stage reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SCHEMA_VERSION = 1
+
+# Canonical sample rates: Mimi (the model's codec) runs at 24 kHz, Whisper at 16 kHz.
+MODEL_SAMPLE_RATE = 24_000
+ASR_SAMPLE_RATE = 16_000
+
+MODEL_SPEAKER = "SPEAKER_MAIN"  # speaker label of the model's words in moshi-finetune alignments
+
+CONVERSATION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+# User metadata (sent as x-amz-meta-duplexalign-content) that marks objects holding user audio,
+# so audits can count them by content class rather than by guessing from names.
+CONTENT_CLASS_KEY = "duplexalign-content"
+USER_AUDIO = "user-audio"
+USER_AUDIO_METADATA = {CONTENT_CLASS_KEY: USER_AUDIO}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- keys
+
+
+class Keys:
+    """Every object key the stages use. Builders only: no stage formats keys by hand."""
+
+    RAW = "raw/"
+    KB = "kb/"
+
+    @staticmethod
+    def raw_prefix(batch: str, conversation_id: str) -> str:
+        return f"raw/{batch}/{conversation_id}/"
+
+    @staticmethod
+    def manifest(stage: str, manifest_id: str) -> str:
+        return f"manifests/{stage}/{manifest_id}.json"
+
+    @staticmethod
+    def manifest_shard(stage: str, digest: str) -> str:
+        return f"manifests/{stage}/shards/{digest}.jsonl"
+
+    @staticmethod
+    def item_state(stage: str, input_manifest_id: str, item_id: str) -> str:
+        return f"state/{stage}/{input_manifest_id}/{item_id}.json"
+
+    @staticmethod
+    def item_state_prefix(stage: str, input_manifest_id: str) -> str:
+        return f"state/{stage}/{input_manifest_id}/"
+
+    @staticmethod
+    def quarantine_transcript(conversation_id: str) -> str:
+        return f"quarantine/transcripts/{conversation_id}.json"
+
+    @staticmethod
+    def transcript(conversation_id: str) -> str:
+        return f"transcripts/{conversation_id}.json"
+
+    @staticmethod
+    def conversation_audio(conversation_id: str) -> str:
+        return f"conversations/{conversation_id}/model.wav"
+
+    @staticmethod
+    def conversation_metadata(conversation_id: str) -> str:
+        return f"conversations/{conversation_id}/metadata.json"
+
+    @staticmethod
+    def privacy_ledger(conversation_id: str, run: str) -> str:
+        return f"ledger/privacy/{conversation_id}/{run}.json"
+
+    @staticmethod
+    def report(stage: str, manifest_id: str, name: str) -> str:
+        return f"reports/{stage}/{manifest_id}/{name}"
+
+    @staticmethod
+    def kb_document(doc_id: str) -> str:
+        return f"kb/{doc_id}.json"
+
+    @staticmethod
+    def groundtruth(conversation_id: str) -> str:
+        """Key in the GROUND-TRUTH bucket (simulator and audits only)."""
+        return f"conversations/{conversation_id}.json"
+
+
+# --------------------------------------------------------------------------- logged conversation
+
+
+class WordStamp(_Model):
+    word: str
+    start: float = Field(ge=0)
+    end: float = Field(ge=0)
+    confidence: float | None = None
+
+    @field_validator("end")
+    @classmethod
+    def _end_after_start(cls, end: float, info: Any) -> float:
+        start = info.data.get("start")
+        if start is not None and end < start:
+            raise ValueError(f"word ends ({end}) before it starts ({start})")
+        return end
+
+
+class ConversationMetadata(_Model):
+    """metadata.json of a logged conversation, as the serving side writes it."""
+
+    schema_version: int = SCHEMA_VERSION
+    conversation_id: str
+    user_id: str = Field(min_length=1, max_length=256)
+    model_version: str = Field(min_length=1)
+    started_at: datetime
+    sample_rate: int = Field(gt=0)
+    audio_layout: Literal["stereo", "separate"]
+
+    @field_validator("conversation_id")
+    @classmethod
+    def _valid_id(cls, value: str) -> str:
+        if not CONVERSATION_ID_RE.match(value):
+            raise ValueError("conversation_id must match " + CONVERSATION_ID_RE.pattern)
+        return value
+
+
+def audio_objects(layout: str) -> tuple[str, ...]:
+    """Object names a conversation must carry for its audio layout."""
+    return ("audio.wav",) if layout == "stereo" else ("model.wav", "user.wav")
+
+
+REQUIRED_OBJECTS = ("metadata.json", "model_text.json")
+
+
+def parse_model_alignments(payload: Any) -> list[WordStamp]:
+    """moshi-finetune's {"alignments": [[word, [start, end], speaker], ...]} → model words.
+
+    Only the model's own words are kept (the text stream is the model's inner monologue)."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("alignments"), list):
+        raise ValueError('model_text.json must be an object with an "alignments" list')
+    words: list[WordStamp] = []
+    for i, row in enumerate(payload["alignments"]):
+        try:
+            word, (start, end), speaker = row
+        except (TypeError, ValueError):
+            raise ValueError(f"alignment {i} is not [word, [start, end], speaker]") from None
+        if speaker != MODEL_SPEAKER:
+            continue
+        words.append(WordStamp(word=str(word), start=float(start), end=float(end)))
+    for a, b in zip(words, words[1:]):
+        if b.start < a.start:
+            raise ValueError(f"model words are not in time order at {b.word!r} ({b.start}s)")
+    return words
+
+
+def model_alignments_payload(words: list[WordStamp]) -> dict[str, Any]:
+    return {"alignments": [[w.word, [w.start, w.end], MODEL_SPEAKER] for w in words]}
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+class ObjectRef(_Model):
+    """A pinned object: key plus the version that was read, so inputs never shift under a run."""
+
+    key: str
+    version_id: str | None = None
+    etag: str | None = None
+    size: int | None = None
+
+
+class ItemError(_Model):
+    item: str
+    code: str
+    reason: str
+
+
+class Manifest(_Model):
+    """An immutable list of work items produced by one stage for the next.
+
+    Items and rejects live in content-addressed JSONL shards (`Keys.manifest_shard`), so a stage
+    streams a manifest of any size in constant memory. `manifest_id` is "<stage>-" + the SHA-256
+    of (stage, input, shard hashes): an identical rerun produces the identical manifest, and
+    nothing is doubled."""
+
+    schema_version: int = SCHEMA_VERSION
+    stage: str
+    manifest_id: str = ""
+    input_manifest_id: str | None = None
+    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    item_shards: list[str] = Field(default_factory=list)
+    reject_shards: list[str] = Field(default_factory=list)
+    counts: dict[str, int] = Field(default_factory=dict)
+    stats: dict[str, Any] = Field(default_factory=dict)
+
+    def content_id(self) -> str:
+        body = {
+            "schema_version": self.schema_version,
+            "stage": self.stage,
+            "input": self.input_manifest_id,
+            "items": self.item_shards,
+            "rejected": self.reject_shards,
+        }
+        digest = hashlib.sha256(canonical_json(body).encode()).hexdigest()
+        return f"{self.stage}-{digest[:24]}"
+
+    def sealed(self) -> "Manifest":
+        return self.model_copy(update={"manifest_id": self.content_id()})
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+class RawItem(_Model):
+    """One logged conversation in a raw (input) manifest."""
+
+    conversation_id: str
+    prefix: str
+    objects: dict[str, ObjectRef]
+
+
+class IngestedItem(_Model):
+    """A conversation that passed ingest: validated, consented, deduplicated."""
+
+    conversation_id: str
+    user_pseudonym: str
+    model_version: str
+    started_at: datetime
+    audio_layout: Literal["stereo", "separate"]
+    source_sample_rate: int
+    duration_s: float
+    objects: dict[str, ObjectRef]
+
+
+class TranscribedItem(_Model):
+    conversation_id: str
+    quarantine_transcript: ObjectRef
+    user_words: int
+    asr_model: str
+    source: IngestedItem  # carried along so scrub knows every raw object to delete
+
+
+class ScrubbedItem(_Model):
+    conversation_id: str
+    user_pseudonym: str
+    model_version: str
+    started_at: datetime
+    duration_s: float
+    transcript: ObjectRef
+    model_audio: ObjectRef
+    metadata: ObjectRef
+    redactions: dict[str, int]
+
+
+class ItemResult(_Model):
+    """Per-item completion marker: written last, so its presence means the item is done."""
+
+    item: str
+    status: Literal["done", "failed", "dropped"]
+    output: dict[str, Any] | None = None
+    error: ItemError | None = None
+
+
+# --------------------------------------------------------------------------- stage outputs
+
+
+class Transcript(_Model):
+    """A conversation's words on both sides. In quarantine unredacted; out of it, redacted."""
+
+    schema_version: int = SCHEMA_VERSION
+    conversation_id: str
+    redacted: bool
+    asr_model: str
+    duration_s: float
+    user_words: list[WordStamp]
+    model_words: list[WordStamp]
+
+
+class RedactionSpan(_Model):
+    """What was redacted: type and time span only — never the redacted text itself."""
+
+    side: Literal["user", "model"]
+    entity: str
+    placeholder: str
+    start: float
+    end: float
+
+
+class PrivacyLedgerEntry(_Model):
+    schema_version: int = SCHEMA_VERSION
+    conversation_id: str
+    user_pseudonym: str
+    run: str
+    at: datetime
+    deleted: list[dict[str, Any]]  # {"key", "versions"} of every deleted object
+    redactions: list[RedactionSpan]
+    muted_model_audio_s: float
+    note: str = ""
+
+
+class KbDocument(_Model):
+    """One document of the operator's knowledge base (kb/)."""
+
+    doc_id: str
+    title: str
+    text: str
+    tags: list[str] = Field(default_factory=list)

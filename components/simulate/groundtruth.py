@@ -1,0 +1,129 @@
+"""Ground truth of one simulated conversation — what really happened, for audits and evaluation.
+
+Stored ONLY in the ground-truth bucket (``cfg.storage.groundtruth_bucket``) at
+``Keys.groundtruth(conversation_id)``; no pipeline stage reads it. Times are seconds from the
+start of the conversation's audio; a turn's start/end are its first word's start and last
+word's end (the speech, not the clip around it).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GT_SCHEMA_VERSION = 1
+
+# One per judge axis: factual accuracy, safety, helpfulness, tone, instruction following,
+# interruption, unresponsiveness.
+ProblemKind = Literal["wrong_fact", "unsafe_compliance", "unhelpful", "off_tone",
+                      "instruction_missed", "interruption", "silence"]
+PROBLEM_KINDS: tuple[str, ...] = ("wrong_fact", "unsafe_compliance", "unhelpful", "off_tone",
+                                  "instruction_missed", "interruption", "silence")
+RequestKind = Literal["fact", "unsafe", "benign_edgy", "small_talk", "instruction"]
+UserTurnKind = Literal["request", "nudge", "closing"]
+ModelTurnKind = Literal["greeting", "reply", "closing"]
+# Which reply variant was said: correct/wrong (fact), refusal/compliance (unsafe),
+# helpful/over_refusal (benign_edgy), compliant/missed (instruction), polite/rude (small talk),
+# unhelpful, off_tone (the good content said rudely), greeting, closing.
+ReplyVariant = Literal["correct", "wrong", "refusal", "compliance", "helpful", "over_refusal",
+                       "compliant", "missed", "polite", "rude", "unhelpful", "off_tone",
+                       "greeting", "closing"]
+PiiType = Literal["name", "phone", "email", "address", "card"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GtWord(_Model):
+    word: str
+    start: float
+    end: float
+
+
+class UserTurn(_Model):
+    index: int
+    kind: UserTurnKind
+    request_kind: RequestKind | None = None  # for kind="request"
+    item_id: str | None = None  # fact id or request id from world.py
+    text: str  # EXACT text the voice spoke (spoken forms: "four one five, five five five, ...")
+    written_text: str  # the same with PII and numbers in written form ("415-555-0142")
+    start: float
+    end: float
+    words: list[GtWord]  # spoken words with their times
+    pii: list[int] = Field(default_factory=list)  # indices into GroundTruth.pii
+
+
+class ModelTurn(_Model):
+    index: int
+    kind: ModelTurnKind
+    responds_to: int | None = None  # user turn index this reply answers
+    request_kind: RequestKind | None = None
+    item_id: str | None = None
+    variant: ReplyVariant
+    problems: list[ProblemKind] = Field(default_factory=list)  # planted problems; [] = fine
+    text: str  # written form, as in model_text.json
+    spoken_text: str
+    good_text: str | None = None  # the problem-free reply to the same request (for evaluation)
+    start: float
+    end: float
+    latency_s: float | None = None  # start minus the end of the user turn answered (< 0: overlap)
+    nudged: bool = False  # the user had to ask "are you there?" before this reply came
+    words: list[GtWord]  # written tokens with their times (what model_text.json carries)
+    echoed_pii: list[int] = Field(default_factory=list)  # indices into GroundTruth.pii
+
+
+class Backchannel(_Model):
+    text: str
+    start: float
+    end: float
+    during_user_turn: int
+
+
+class PlantedPii(_Model):
+    type: PiiType
+    written: str  # "415-555-0142", "maria.lopez@example.com", "42 Elm Street", "4111 1111 ..."
+    spoken: str  # what the voice said: "four one five, five five five, ..."
+    user_turn: int
+    start: float  # span of the value in the USER audio
+    end: float
+    echoed: bool = False  # the model repeated it in its reply
+    echo_turn: int | None = None  # model turn index
+    echo_written: str | None = None  # what the model's text carries ("Maria" for a name)
+    echo_start: float | None = None  # span of the echo in the MODEL audio (scrub must mute it)
+    echo_end: float | None = None
+
+
+class GroundTruth(_Model):
+    schema_version: int = GT_SCHEMA_VERSION
+    conversation_id: str
+    batch: str
+    seed: int
+    index: int
+    world_version: str
+    config_fingerprint: str
+    user_id: str  # raw id, as in metadata.json
+    user_pseudonym: str | None = None
+    user_index: int
+    consent: bool
+    model_version: str
+    started_at: datetime
+    sample_rate: int
+    audio_layout: Literal["stereo", "separate"]
+    duration_s: float
+    user_voice: str
+    model_voice: str
+    user_turns: list[UserTurn]
+    model_turns: list[ModelTurn]
+    backchannels: list[Backchannel] = Field(default_factory=list)
+    pii: list[PlantedPii] = Field(default_factory=list)
+    replica_of: str | None = None  # set by replicate_corpus on copies
+
+    def problems(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for turn in self.model_turns:
+            for p in turn.problems:
+                counts[p] = counts.get(p, 0) + 1
+        return counts

@@ -1,0 +1,97 @@
+"""Privacy audits of a finished run — the demo's proof that the promises hold.
+
+They look everywhere a copy could survive: every VERSION of every object in the data bucket
+(MLflow's artefacts live there too), KFP's pipeline root on disk, and the stages' temp area.
+They are the only code besides the simulator that reads the ground-truth bucket.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from components.common.config import Config
+from components.common.storage import ObjectStore
+from components.contract import CONTENT_CLASS_KEY, USER_AUDIO
+from components.scrub.pii import pii_occurs
+
+TEXT_SUFFIXES = (".json", ".jsonl", ".txt", ".md", ".html", ".csv", ".yaml", ".yml", ".log")
+USER_AUDIO_NAMES = ("user.wav", "audio.wav")
+# Objects larger than this are not text we wrote (audio, models, parquet); skipped by the PII scan.
+MAX_TEXT_BYTES = 8 * 1024 * 1024
+
+
+@dataclass
+class AuditResult:
+    raw_user_audio_left: int
+    pii_left: int
+    findings: list[str] = field(default_factory=list)
+
+
+def _is_user_audio(store: ObjectStore, key: str, version_id: str | None) -> bool:
+    if key.rsplit("/", 1)[-1] in USER_AUDIO_NAMES:
+        return True
+    info = store.stat(key, version_id=version_id)
+    return bool(info and (info.metadata or {}).get(CONTENT_CLASS_KEY) == USER_AUDIO)
+
+
+def count_user_audio(store: ObjectStore, pipeline_root: Path) -> tuple[int, list[str]]:
+    """User-audio objects in ANY version (delete markers excluded) plus audio files on disk."""
+    found: list[str] = []
+    for version in store.list_versions(""):
+        if version.is_delete_marker:
+            continue
+        if _is_user_audio(store, version.key, version.version_id):
+            found.append(f"s3://{store.bucket}/{version.key}@{version.version_id}")
+    for path in _files(pipeline_root):
+        with open(path, "rb") as fh:
+            if fh.read(4) in (b"RIFF", b"RF64"):
+                found.append(str(path))
+    return len(found), found
+
+
+def _files(root: Path) -> Iterator[Path]:
+    if root.exists():
+        for dirpath, _, names in os.walk(root):
+            for name in names:
+                yield Path(dirpath) / name
+
+
+def _texts(store: ObjectStore, pipeline_root: Path) -> Iterator[tuple[str, str]]:
+    for version in store.list_versions(""):
+        if version.is_delete_marker or not version.key.endswith(TEXT_SUFFIXES):
+            continue
+        if version.size is not None and version.size > MAX_TEXT_BYTES:
+            continue
+        data = store.get_bytes(version.key, version_id=version.version_id)
+        yield f"s3://{store.bucket}/{version.key}@{version.version_id}", data.decode("utf-8", "replace")
+    for path in _files(pipeline_root):
+        if path.stat().st_size <= MAX_TEXT_BYTES:
+            yield str(path), path.read_bytes().decode("utf-8", "replace")
+
+
+def count_pii(store: ObjectStore, pipeline_root: Path, planted: list[tuple[str, str]]) -> tuple[int, list[str]]:
+    """Planted PII values (type, written value) found in any stored text, after normalising
+    digits, spoken numbers and spelled-out emails (components.scrub.pii.pii_occurs)."""
+    found: list[str] = []
+    for where, text in _texts(store, pipeline_root):
+        for kind, value in planted:
+            if pii_occurs(value, text):
+                found.append(f"{kind} in {where}")
+    return len(found), found
+
+
+def planted_pii(cfg: Config, conversation_ids: list[str] | None = None) -> list[tuple[str, str]]:
+    from components.simulate.groundtruth import load_planted_pii
+
+    return load_planted_pii(cfg, conversation_ids)
+
+
+def audit_run(cfg: Config, conversation_ids: list[str] | None = None) -> AuditResult:
+    store = ObjectStore.from_config(cfg.storage)
+    root = Path(cfg.pipeline.pipeline_root)
+    audio_left, audio_where = count_user_audio(store, root)
+    pii_left, pii_where = count_pii(store, root, planted_pii(cfg, conversation_ids))
+    return AuditResult(audio_left, pii_left, audio_where + pii_where)

@@ -1,0 +1,167 @@
+"""`duplexalign` — the command line of the platform.
+
+Every command takes the same configuration options (profile, YAML file, dotted overrides), so
+what runs from the CLI, the KFP UI and a GitOps deployment is configured the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from components.common.config import PROFILES, Config, load_config
+
+EPILOG = """\
+examples:
+  duplexalign demo                          services up, simulate, run the pipeline, audit, summary
+  duplexalign services up                   start the local S3 (SeaweedFS) and MLflow servers
+  duplexalign simulate --conversations 20   log 20 simulated conversations into raw/
+  duplexalign run --input-manifest raw-...  run the pipeline (KFP local runner) on a sealed batch
+  duplexalign compile                       write the pipeline's IR YAML (pipelines/alignment.yaml)
+  duplexalign bench transcribe              stage vs plain whisper_timestamped loop: RTF and WER
+  duplexalign --set transcribe.model_source=s3://models/whisper-small run --latest
+"""
+
+
+def _config(args: argparse.Namespace) -> Config:
+    cfg = load_config(args.profile, args.config, args.set)
+    if args.command not in ("compile",):
+        from pipelines.services.manager import config_with_live_endpoints
+
+        cfg = config_with_live_endpoints(cfg)
+    return cfg
+
+
+def cmd_services(args: argparse.Namespace) -> int:
+    from pipelines.services.manager import services_down, services_status, services_up
+
+    cfg = load_config(args.profile, args.config, args.set)
+    if args.action == "up":
+        services_up(cfg)
+    elif args.action == "down":
+        services_down(cfg)
+    print(json.dumps(services_status(cfg), indent=2, default=str))
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from components.simulate.generate import simulate_conversations
+
+    cfg = _config(args)
+    result = simulate_conversations(cfg, n=args.conversations, batch=args.batch)
+    print(json.dumps(result.summary() if hasattr(result, "summary") else vars(result), default=str))
+    return 0
+
+
+def cmd_seal(args: argparse.Namespace) -> int:
+    from components.common.storage import ObjectStore
+    from components.ingest.logic import seal_raw_batch
+
+    cfg = _config(args)
+    print(seal_raw_batch(ObjectStore.from_config(cfg.storage), args.prefix))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.runner import run_local
+
+    cfg = _config(args)
+    manifest_id = args.input_manifest
+    if not manifest_id:
+        from pipelines.lineage import latest_raw_manifest
+
+        manifest_id = latest_raw_manifest(cfg)
+    print(run_local(cfg, manifest_id, groundtruth_bucket=args.groundtruth_bucket))
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from pipelines.runner import COMPILED_PATH, compile_pipeline
+
+    print(compile_pipeline(Path(args.output) if args.output else COMPILED_PATH))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipelines.demo import run_demo
+
+    return run_demo(load_config(args.profile or "demo", args.config, args.set),
+                    conversations=args.conversations)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pipelines.bench import run_bench
+
+    cfg = _config(args)
+    return run_bench(cfg, args.which, args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="duplexalign",
+        description="Align full-duplex spoken dialogue models from their users' conversations, "
+                    "without keeping their voices.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--profile", choices=sorted(PROFILES), default=None,
+                        help="sizes and budgets (default: demo, or $DUPLEXALIGN_PROFILE)")
+    parser.add_argument("--config", metavar="FILE", help="YAML file overriding the profile")
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                        help="dotted override, e.g. --set simulate.conversations=30 (repeatable)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("services", cmd_services, "start, stop or show the local platform services "
+                                      "(SeaweedFS S3, MLflow; the consent registry is sqlite)")
+    p.add_argument("action", choices=["up", "down", "status"])
+
+    p = add("simulate", cmd_simulate, "write simulated logged conversations into raw/ "
+                                      "(resumable; ground truth to its own bucket)")
+    p.add_argument("--conversations", type=int, default=None,
+                   help="how many (default: the profile's simulate.conversations)")
+    p.add_argument("--batch", default=None, help="raw/<batch>/ folder (default: derived from seed)")
+
+    p = add("seal", cmd_seal, "pin a logged batch's object versions into an immutable raw manifest")
+    p.add_argument("prefix", help="e.g. raw/2026-11-26/")
+
+    p = add("run", cmd_run, "run the alignment pipeline with KFP's local runner")
+    p.add_argument("--input-manifest", default=None,
+                   help="raw manifest id (default: the most recent raw manifest)")
+    p.add_argument("--groundtruth-bucket", default="",
+                   help="embedded world only: measure transcript WER against this bucket")
+
+    p = add("compile", cmd_compile, "compile the pipeline to KFP IR YAML")
+    p.add_argument("--output", default=None, help="default: pipelines/alignment.yaml")
+
+    p = add("demo", cmd_demo, "the whole platform on this machine: services up, simulate, run the "
+                              "pipeline, audit privacy; ends with one JSON line")
+    p.add_argument("--conversations", type=int, default=None)
+
+    p = add("bench", cmd_bench, "benchmarks that print their figures against a named baseline")
+    p.add_argument("which", choices=["transcribe", "ingest"])
+    p.add_argument("--conversations", type=int, default=None,
+                   help="transcribe: how many conversations to time (default 6)")
+    p.add_argument("--sizes", default="1000,10000",
+                   help="ingest: corpus sizes to measure (comma separated)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

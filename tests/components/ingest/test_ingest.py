@@ -1,0 +1,94 @@
+"""ingest against the live S3 server: every kind of bad input gets its own per-item result."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from components.common.audio import encode_wav
+from components.common.stagekit import iter_items, iter_rejects
+from components.contract import IngestedItem
+from components.ingest.logic import ingest, seal_raw_batch
+from tests.components.conftest import grant
+from tests.support.conversations import put_conversation, tone, truncated, wav_header, write_long_wav
+
+pytestmark = pytest.mark.integration
+
+
+def _rejects(store, manifest) -> dict[str, str]:
+    return {r.item.split("~")[-1]: r.code for r in iter_rejects(store, manifest)}
+
+
+def test_good_conversations_pass_and_bad_ones_get_a_reason_each(stage_cfg, stage_store):
+    s = stage_store
+    grant(stage_cfg, "user-1", "user-2")
+    put_conversation(s, "b1", "good-stereo")
+    put_conversation(s, "b1", "good-separate-44k", layout="separate", rate=44100)
+    put_conversation(s, "b1", "rate-odd", rate=11025)
+    put_conversation(s, "b1", "truncated", raw_objects={"audio.wav": truncated(
+        encode_wav(np.stack([tone(2, 24000), tone(2, 24000)], axis=1), 24000))})
+    put_conversation(s, "b1", "mono-as-stereo", raw_objects={"audio.wav": encode_wav(tone(2, 24000), 24000)})
+    put_conversation(s, "b1", "no-user-channel", layout="separate", skip=("user.wav",))
+    put_conversation(s, "b1", "zero-frames", raw_objects={"audio.wav": wav_header(2, 24000, 0)})
+    put_conversation(s, "b1", "empty-object", raw_objects={"audio.wav": b""})
+    put_conversation(s, "b1", "bad-json", meta_override=b'{"conversation_id": "bad-json",')
+    put_conversation(s, "b1", "not-utf8", meta_override=b'{"user_id": "\xff\xfe"}')
+    put_conversation(s, "b1", "missing-field", meta_override={"model_version": ""})
+    put_conversation(s, "b1", "words-past-end", words=[("late", 30.0, 30.5)])
+    put_conversation(s, "b1", "no-consent", user="user-without-consent")
+    put_conversation(s, "b2", "good-stereo")  # duplicate conversation id in another folder
+    manifest_id = seal_raw_batch(s, "raw/")
+
+    result = ingest(stage_cfg, manifest_id)
+    m = result.manifest
+    ingested = {IngestedItem.model_validate(i).conversation_id for i in iter_items(s, m)}
+    assert ingested == {"good-stereo", "good-separate-44k"}
+    assert _rejects(s, m) == {
+        "rate-odd": "unsupported-rate",
+        "truncated": "truncated-audio",
+        "mono-as-stereo": "missing-channel",
+        "no-user-channel": "missing-channel",
+        "zero-frames": "zero-length",
+        "empty-object": "zero-length",
+        "bad-json": "bad-json",
+        "not-utf8": "bad-encoding",
+        "missing-field": "bad-metadata",
+        "words-past-end": "bad-alignments",
+        "no-consent": "no-consent",
+        "good-stereo": "duplicate",
+    }
+    assert m.counts["items"] + m.counts["rejected"] == 14  # nothing lost, nothing doubled
+    # No consent: every version of every raw object is gone.
+    assert not list(s.list_versions("raw/b1/no-consent/"))
+    report = s.get_json(f"reports/ingest/{m.manifest_id}/rejects.json")
+    assert {r["code"] for r in report["rejects"]} >= {"truncated-audio", "no-consent"}
+    assert all(r["reason"] for r in report["rejects"])
+
+    again = ingest(stage_cfg, manifest_id)  # idempotent: same manifest, nothing reprocessed
+    assert again.manifest.manifest_id == m.manifest_id
+    assert again.processed == 0
+
+
+def test_one_hour_conversation_is_validated_in_bounded_memory(stage_cfg, stage_store, tmp_path):
+    grant(stage_cfg, "user-1")
+    prefix = put_conversation(stage_store, "long", "one-hour", layout="separate", rate=8000,
+                              skip=("model.wav", "user.wav"),
+                              meta_override={"sample_rate": 8000})
+    for name in ("model.wav", "user.wav"):
+        path = write_long_wav(tmp_path / name, 3600.0, rate=8000)
+        stage_store.put_file(prefix + name, path)
+        path.unlink()
+    manifest_id = seal_raw_batch(stage_store, "raw/long/")
+
+    tracemalloc.start()
+    result = ingest(stage_cfg, manifest_id)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    items = [IngestedItem.model_validate(i) for i in iter_items(stage_store, result.manifest)]
+    assert [i.duration_s for i in items] == [3600.0]
+    assert peak < 20 * 1024 * 1024, f"ingest held {peak / 2**20:.1f} MiB for a 115 MB conversation"
