@@ -7,6 +7,7 @@ They are the only code besides the simulator that reads the ground-truth bucket.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -66,10 +67,35 @@ def _texts(store: ObjectStore, pipeline_root: Path) -> Iterator[tuple[str, str]]
         if version.size is not None and version.size > MAX_TEXT_BYTES:
             continue
         data = store.get_bytes(version.key, version_id=version.version_id)
-        yield f"s3://{store.bucket}/{version.key}@{version.version_id}", data.decode("utf-8", "replace")
+        yield f"s3://{store.bucket}/{version.key}@{version.version_id}", _searchable(data)
     for path in _files(pipeline_root):
         if path.stat().st_size <= MAX_TEXT_BYTES:
-            yield str(path), path.read_bytes().decode("utf-8", "replace")
+            yield str(path), _searchable(path.read_bytes())
+
+
+def _strings(node: object) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+
+
+def _searchable(data: bytes) -> str:
+    """The text as stored, plus — for JSON — its string values joined by spaces, so a value
+    split over several JSON tokens (one word per alignment entry) is still found whole."""
+    text = data.decode("utf-8", "replace")
+    lines = text.splitlines() if text.lstrip().startswith("{") and "\n{" in text else [text]
+    joined: list[str] = []
+    for line in lines:
+        try:
+            joined.append(" ".join(_strings(json.loads(line))))
+        except ValueError:
+            pass
+    return text + "\n" + "\n".join(joined)
 
 
 def count_pii(store: ObjectStore, pipeline_root: Path, planted: list[tuple[str, str]]) -> tuple[int, list[str]]:

@@ -28,11 +28,16 @@ examples:
 
 
 def _config(args: argparse.Namespace) -> Config:
+    """The configuration; on the embedded profiles, pointed at the running local services (the
+    production profile names its cluster endpoints itself)."""
     cfg = load_config(args.profile, args.config, args.set)
-    if args.command not in ("compile",):
+    if cfg.profile != "production":
         from pipelines.services.manager import config_with_live_endpoints
 
-        cfg = config_with_live_endpoints(cfg)
+        try:
+            cfg = config_with_live_endpoints(cfg)
+        except RuntimeError as exc:
+            raise SystemExit(f"duplexalign: {exc}") from None
     return cfg
 
 

@@ -52,10 +52,13 @@ def seal_raw_batch(store: ObjectStore, prefix: str) -> str:
     prefix = prefix if prefix.endswith("/") else prefix + "/"
     writer = ManifestWriter(store, "raw", None)
     groups: dict[str, dict[str, ObjectRef]] = defaultdict(dict)
-    for info in store.list(prefix, recursive=True):
-        folder, _, name = info.key.rpartition("/")
-        groups[folder + "/"][name] = ObjectRef(key=info.key, version_id=info.version_id,
-                                               etag=info.etag, size=info.size)
+    # ListObjectVersions, not ListObjects: only it carries version ids (on SeaweedFS too).
+    for version in store.list_versions(prefix):
+        if not version.is_latest or version.is_delete_marker:
+            continue
+        folder, _, name = version.key.rpartition("/")
+        groups[folder + "/"][name] = ObjectRef(key=version.key, version_id=version.version_id,
+                                               size=version.size)
     for folder in sorted(groups):
         cid = folder.rstrip("/").rsplit("/", 1)[-1]
         writer.add_item(RawItem(conversation_id=cid, prefix=folder,

@@ -97,8 +97,10 @@ def config_fingerprint(sim: SimulateConfig) -> str:
     return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
 
 
-def conversation_id(seed: int, index: int, fingerprint: str) -> str:
-    return "conv-" + hashlib.sha256(f"{seed}:{fingerprint}:{index}".encode()).hexdigest()[:16]
+def conversation_id(seed: int, index: int, fingerprint: str, batch: str) -> str:
+    """Unique per batch: the same world content logged again in another batch is a new
+    conversation, not a duplicate of the first."""
+    return "conv-" + hashlib.sha256(f"{seed}:{fingerprint}:{batch}:{index}".encode()).hexdigest()[:16]
 
 
 def default_batch(sim: SimulateConfig) -> str:
@@ -289,7 +291,7 @@ class ConversationBuilder:
     def build(self, *, seed: int, index: int, batch: str, fingerprint: str, persona: W.Persona,
               consent: bool, pseudonym: str | None = None) -> RenderedConversation:
         sim = self.sim
-        cid = conversation_id(seed, index, fingerprint)
+        cid = conversation_id(seed, index, fingerprint, batch)
         rng = random.Random(f"conv:{seed}:{fingerprint}:{index}")
         rate = _weighted(rng, SAMPLE_RATES)
         layout = "stereo" if rng.random() < sim.rate_stereo else "separate"
@@ -556,9 +558,11 @@ def write_conversation(store, gt_store, batch: str, conv: RenderedConversation) 
     refs["metadata.json"] = _ref(_put_if_changed(
         store, prefix + "metadata.json", _json_bytes(conv.metadata.model_dump(mode="json")),
         "application/json"))
+    refs = dict(sorted(refs.items()))
+    conv.groundtruth.raw_objects = refs
     _put_if_changed(gt_store, Keys.groundtruth(cid), _json_bytes(conv.groundtruth.model_dump(mode="json")),
                     "application/json")
-    return dict(sorted(refs.items()))
+    return refs
 
 
 def _existing_refs(store, gt_store, batch: str, cid: str) -> dict[str, ObjectRef] | None:
@@ -570,6 +574,10 @@ def _existing_refs(store, gt_store, batch: str, cid: str) -> dict[str, ObjectRef
         gt = GroundTruth.model_validate(gt_store.get_json(Keys.groundtruth(cid)))
     except Exception:  # noqa: BLE001 - unreadable/old ground truth: regenerate
         return None
+    if gt.raw_objects:
+        # Done. The pipeline may have consumed (deleted) the raw objects since; the pinned refs
+        # recorded at write time keep a rerun's manifest identical, so nothing is redone.
+        return dict(sorted(gt.raw_objects.items()))
     refs = {}
     prefix = Keys.raw_prefix(batch, cid)
     for name in audio_objects(gt.audio_layout) + ("metadata.json", "model_text.json"):
@@ -610,6 +618,13 @@ class SimulationResult:
     problems: dict[str, int] = field(default_factory=dict)  # planted, over generated convs
     pii: dict[str, int] = field(default_factory=dict)
     kb_keys: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able figures (no conversation content)."""
+        out = asdict(self)
+        out["conversations"] = len(out.pop("conversation_ids"))
+        out.pop("kb_keys")
+        return out
 
 
 def simulate_conversations(cfg: Config, n: int | None = None, batch: str | None = None,
@@ -654,7 +669,7 @@ def simulate_conversations(cfg: Config, n: int | None = None, batch: str | None 
     bar = _progress(n, progress)
     try:
         for index in range(n):
-            cid = conversation_id(sim.seed, index, fingerprint)
+            cid = conversation_id(sim.seed, index, fingerprint, batch)
             ids.append(cid)
             persona = W.make_persona(sim.seed, user_of[index])
             pseudonym = pseudonymise(persona.user_id, key)

@@ -8,12 +8,18 @@ word's end (the speech, not the clip around it).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from components.contract import ObjectRef
+
+from components.contract import Keys
+
 GT_SCHEMA_VERSION = 1
+GROUNDTRUTH_PREFIX = Keys.groundtruth("x").rsplit("/", 1)[0] + "/"  # "conversations/"
 
 # One per judge axis: factual accuracy, safety, helpfulness, tone, instruction following,
 # interruption, unresponsiveness.
@@ -119,6 +125,8 @@ class GroundTruth(_Model):
     model_turns: list[ModelTurn]
     backchannels: list[Backchannel] = Field(default_factory=list)
     pii: list[PlantedPii] = Field(default_factory=list)
+    # The raw objects as written (pinned versions): the conversation's entry in its raw manifest.
+    raw_objects: dict[str, ObjectRef] = Field(default_factory=dict)
     replica_of: str | None = None  # set by replicate_corpus on copies
 
     def problems(self) -> dict[str, int]:
@@ -127,3 +135,34 @@ class GroundTruth(_Model):
             for p in turn.problems:
                 counts[p] = counts.get(p, 0) + 1
         return counts
+
+
+# ----------------------------------------------------------------------------- readers (audits)
+
+
+def iter_groundtruth(cfg, conversation_ids: list[str] | None = None) -> Iterator[GroundTruth]:
+    """Ground truth of the given conversations (those that have one), or of every conversation
+    in the ground-truth bucket. `cfg` is the platform Config."""
+    from components.common.storage import ObjectStore
+
+    store = ObjectStore.from_config(cfg.storage, bucket=cfg.storage.groundtruth_bucket)
+    if conversation_ids is None:
+        keys: Iterable[str] = (i.key for i in store.list(GROUNDTRUTH_PREFIX) if i.key.endswith(".json"))
+    else:
+        keys = (Keys.groundtruth(cid) for cid in conversation_ids)
+    for key in keys:
+        if conversation_ids is not None and not store.exists(key):
+            continue
+        yield GroundTruth.model_validate(store.get_json(key))
+
+
+def load_planted_pii(cfg, conversation_ids: list[str] | None = None) -> list[tuple[str, str]]:
+    """Every planted PII value as (type, written form), deduplicated: what the user said, and
+    what the model echoed when it differs (a name is echoed as the first name only)."""
+    found: dict[tuple[str, str], None] = {}
+    for gt in iter_groundtruth(cfg, conversation_ids):
+        for p in gt.pii:
+            found[(p.type, p.written)] = None
+            if p.echoed and p.echo_written and p.echo_written != p.written:
+                found[(p.type, p.echo_written)] = None
+    return list(found)

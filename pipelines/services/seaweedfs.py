@@ -45,7 +45,7 @@ from pipelines.services.procutil import verify
 # cap of 8 volumes would make the second bucket unwritable, hence an explicit, larger cap (volumes
 # are sparse files, the count reserves no disk).
 VOLUME_SIZE_LIMIT_MB = 1024
-VOLUME_MAX = 100
+VOLUME_MAX = 1000
 # Garbage ratio above which a volume is compacted by ``vacuum``: tiny, so deleting even one small
 # object's bytes (a scrubbed utterance) is reclaimed when asked for.
 DEFAULT_GARBAGE_THRESHOLD = 0.0001

@@ -4,6 +4,7 @@ and pseudonymisation key for every test that runs a stage."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -14,7 +15,7 @@ from components.common.storage import ObjectStore
 
 
 @pytest.fixture
-def stage_cfg(services_config: Config, tmp_path) -> Config:
+def stage_cfg(services_config: Config, tmp_path) -> Iterator[Config]:
     bucket = f"t-{uuid.uuid4().hex[:12]}"
     cfg = services_config.model_copy(deep=True)
     cfg.storage.bucket = bucket
@@ -22,9 +23,14 @@ def stage_cfg(services_config: Config, tmp_path) -> Config:
     cfg.scrub.pseudonym_key_file = str(tmp_path / "pseudonym.key")
     cfg.scrub.vacuum_after = False
     cfg.transcribe.model_cache_dir = services_config.transcribe.model_cache_dir
-    ObjectStore.from_config(cfg.storage).ensure_bucket(versioning=True)
+    store = ObjectStore.from_config(cfg.storage)
+    store.ensure_bucket(versioning=True)
     load_pseudonym_key(cfg.scrub, create=True)
-    return cfg
+    yield cfg
+    # SeaweedFS gives every bucket its own volumes: remove the bucket so a long session does
+    # not run out of them.
+    store.delete_prefix_all_versions("", allow_whole_bucket=True)
+    store.client.remove_bucket(bucket)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from components.contract import (
 )
 from components.simulate import world as W
 from components.simulate.generate import SimulationResult, replicate_corpus, simulate_conversations
-from components.simulate.groundtruth import GroundTruth
+from components.simulate.groundtruth import GroundTruth, iter_groundtruth, load_planted_pii
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +99,7 @@ def test_every_object_follows_the_contract(first_run, stores):
         assert words and words[-1].end <= durations[0]
 
 
-def test_ground_truth_lives_only_in_its_own_bucket(first_run, stores):
+def test_ground_truth_lives_only_in_its_own_bucket(first_run, stores, sim_cfg):
     data, gt_store = stores
     gts = [GroundTruth.model_validate(gt_store.get_json(Keys.groundtruth(cid)))
            for cid in first_run.conversation_ids]
@@ -118,6 +118,11 @@ def test_ground_truth_lives_only_in_its_own_bucket(first_run, stores):
     # the model's text carries what the model said, including echoed PII (scrub redacts it)
     for g in gts:
         assert all(g.model_turns[p.echo_turn].text for p in g.pii if p.echoed)
+    planted = load_planted_pii(sim_cfg, first_run.conversation_ids)
+    assert {(p.type, p.written) for g in gts for p in g.pii} <= set(planted)
+    assert len(planted) == len(set(planted))
+    assert sorted(g.conversation_id for g in iter_groundtruth(sim_cfg) if g.replica_of is None) == \
+        sorted(first_run.conversation_ids)
 
 
 def test_consent_is_registered_by_pseudonym(first_run, stores, sim_cfg):
@@ -158,12 +163,15 @@ def test_rerun_is_a_noop_and_a_lost_conversation_is_redone_identically(first_run
     victim = _items(data, first_run.manifest_id)[0]
     name = sorted(victim.objects)[0]
     etags = {n: data.stat(r.key).etag for n, r in victim.objects.items()}
-    gt_before = gt_store.get_bytes(Keys.groundtruth(victim.conversation_id))
+    gt_before = gt_store.get_json(Keys.groundtruth(victim.conversation_id))
     gt_store.delete_all_versions(Keys.groundtruth(victim.conversation_id))
     data.delete_all_versions(victim.objects[name].key)
     redo = simulate_conversations(sim_cfg, n=N, progress=False)
     assert (redo.generated, redo.skipped) == (1, N - 1)
-    assert gt_store.get_bytes(Keys.groundtruth(victim.conversation_id)) == gt_before
+    gt_after = gt_store.get_json(Keys.groundtruth(victim.conversation_id))
+    # Identical content; only the lost object's pinned version differs.
+    lost_before, lost_after = gt_before["raw_objects"].pop(name), gt_after["raw_objects"].pop(name)
+    assert gt_after == gt_before and lost_after["etag"] == lost_before["etag"]
     assert {n: data.stat(r.key).etag for n, r in victim.objects.items()} == etags  # same bytes
     # only the lost object was rewritten (plus the new raw manifest that pins its new version)
     assert _versions(data, "raw/") == before_raw
@@ -196,4 +204,5 @@ def test_replicate_corpus_copies_server_side(first_run, stores, sim_cfg):
     versions = _versions(data)
     assert replicate_corpus(sim_cfg, current.manifest_id, copies=2, progress=False) == manifest_id
     assert _versions(data) == versions
-    json.dumps(first_run.problems)  # the result's summaries are plain JSON
+    summary = json.loads(json.dumps(first_run.summary()))  # plain JSON figures, no content
+    assert summary["conversations"] == N and "conversation_ids" not in summary

@@ -155,7 +155,8 @@ def test_conversation_is_deterministic_and_channels_match():
 def test_ids_users_and_consent_are_stable():
     sim = SimulateConfig()
     fp = config_fingerprint(sim)
-    assert conversation_id(7, 0, fp) == conversation_id(7, 0, fp) != conversation_id(7, 1, fp)
+    assert conversation_id(7, 0, fp, "b") == conversation_id(7, 0, fp, "b") != conversation_id(7, 1, fp, "b")
+    assert conversation_id(7, 0, fp, "b") != conversation_id(7, 0, fp, "other-batch")
     assert config_fingerprint(sim.model_copy(update={"conversations": 999})) == fp
     assert config_fingerprint(sim.model_copy(update={"rate_silence": 0.5})) != fp
     users = assign_users(7, 200, 0.4)
