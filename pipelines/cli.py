@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from components.common.config import PROFILES, Config, load_config
 
 EPILOG = """\
@@ -30,7 +32,7 @@ examples:
 def _config(args: argparse.Namespace) -> Config:
     """The configuration; on the embedded profiles, pointed at the running local services (the
     production profile names its cluster endpoints itself)."""
-    cfg = load_config(args.profile, args.config, args.set)
+    cfg = args.base_config
     if cfg.profile != "production":
         from pipelines.services.manager import config_with_live_endpoints
 
@@ -44,7 +46,7 @@ def _config(args: argparse.Namespace) -> Config:
 def cmd_services(args: argparse.Namespace) -> int:
     from pipelines.services.manager import services_down, services_status, services_up
 
-    cfg = load_config(args.profile, args.config, args.set)
+    cfg = args.base_config
     if args.action == "up":
         services_up(cfg)
     elif args.action == "down":
@@ -94,8 +96,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.demo import run_demo
 
-    return run_demo(load_config(args.profile or "demo", args.config, args.set),
-                    conversations=args.conversations)
+    return run_demo(args.base_config, conversations=args.conversations)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -165,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:  # every command validates the configuration first, so a typo fails fast and clearly
+        args.base_config = load_config(args.profile, args.config, args.set)
+    except (ValidationError, ValueError, OSError) as exc:
+        print(f"duplexalign: configuration error: {exc}", file=sys.stderr)
+        return 2
     return int(args.func(args) or 0)
 
 

@@ -233,3 +233,9 @@ def postgres_dsn(postgres_server: PostgresServer) -> str:
 @pytest.fixture(scope="session")
 def postgres_password(postgres_server: PostgresServer) -> str:
     return postgres_server.password
+
+
+# --------------------------------------------------------------------------------------------
+# Per-test isolation for stage tests (a fresh bucket, consent registry and key per test)
+
+from tests.support.stage import stage_cfg, stage_store  # noqa: E402,F401  (fixtures)

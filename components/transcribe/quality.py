@@ -37,8 +37,13 @@ def corpus_wer(references: list[str], hypotheses: list[str]) -> float:
 
 
 def reference_user_text(groundtruth: dict[str, Any]) -> str:
-    """What the user really said, in order (the simulator's ground-truth schema)."""
-    return " ".join(turn["text"] for turn in sorted(groundtruth["user_turns"], key=lambda t: t["start"]))
+    """What the user said, in order, in WRITTEN form (the simulator's ground-truth schema).
+
+    The written form ("305-555-0124", "maria.lopez@example.com", "eSIM") is what a human
+    transcriber writes and what Whisper writes; the spoken form the voice read ("three oh
+    five ...", "maria dot lopez at ...") would count formatting as word errors."""
+    turns = sorted(groundtruth["user_turns"], key=lambda t: t["start"])
+    return " ".join(turn.get("written_text") or turn["text"] for turn in turns)
 
 
 def measure_transcript_wer(cfg: Config, transcribe_manifest_id: str, groundtruth_bucket: str) -> dict:

@@ -14,7 +14,7 @@ from components.common.audio import encode_wav
 from components.common.stagekit import iter_items, iter_rejects
 from components.contract import IngestedItem
 from components.ingest.logic import ingest, seal_raw_batch
-from tests.components.conftest import grant
+from tests.support.stage import grant
 from tests.support.conversations import put_conversation, tone, truncated, wav_header, write_long_wav
 
 pytestmark = pytest.mark.integration

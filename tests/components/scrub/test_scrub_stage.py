@@ -14,7 +14,7 @@ from components.ingest.logic import ingest, seal_raw_batch
 from components.scrub.logic import scrub
 from components.scrub.pii import pii_occurs
 from components.transcribe.logic import transcribe
-from tests.components.conftest import grant
+from tests.support.stage import grant
 from tests.support.conversations import put_conversation
 from tests.support.speech import shifted, spoken, timeline
 

@@ -15,7 +15,7 @@ from components.common.stagekit import iter_items
 from components.contract import Keys, Transcript, TranscribedItem
 from components.ingest.logic import ingest, seal_raw_batch
 from components.transcribe.logic import transcribe
-from tests.components.conftest import grant
+from tests.support.stage import grant
 from tests.support.conversations import put_conversation
 from tests.support.speech import spoken, timeline
 

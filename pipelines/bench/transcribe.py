@@ -1,0 +1,246 @@
+"""``duplexalign bench transcribe``: the transcribe STAGE vs a plain whisper_timestamped loop.
+
+One run, same audio, same checkpoint, same machine:
+
+* baseline — "plain whisper_timestamped loop": the converted checkpoint loaded as stock
+  openai-whisper loads it (``whisper.load_model(<.pt>)``), then one
+  ``whisper_timestamped.transcribe(model, audio16k, language="en")`` call per conversation's
+  full user channel with whisper-timestamped's DEFAULT decoding options; the audio is already
+  decoded and resampled in memory, so the baseline pays no I/O;
+* stage — the real ``transcribe(cfg, ingest_manifest_id)`` end to end (reads the user channel
+  from S3, resamples, VAD + packing, writes quarantine transcripts, markers, manifest), on a
+  fresh ingest manifest (a new batch per bench run, so nothing is skipped). Its pure ASR time
+  (the ``transcribe_channel`` calls) is measured separately.
+
+Both models are loaded before timing and warmed up by one untimed call. RTF = processing
+seconds / seconds of user-channel audio. WER of both against the simulator's ground truth
+(``corpus_wer`` over the same conversations; the stage's from the quarantine transcripts it
+wrote). At the end the bench bucket (raw audio, quarantine transcripts, everything) and this
+run's ground-truth objects are deleted, every version, and the deleted bytes are reclaimed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from components.common.config import Config
+from pipelines.bench.common import (
+    BENCH_SUFFIX,
+    bench_bucket,
+    emit,
+    fmt,
+    run_id,
+    say,
+    table,
+    with_bucket,
+)
+
+BASELINE = "plain whisper_timestamped loop"
+TARGET_SPEEDUP = 2.0
+# "Equal WER": the stage's corpus WER may exceed the baseline's by at most this (absolute).
+WER_TOLERANCE = 0.01
+DEFAULT_CONVERSATIONS = 6
+
+
+def _words_text(result: dict[str, Any]) -> str:
+    return " ".join(str(w["text"]).strip() for seg in result.get("segments", [])
+                    for w in seg.get("words", []) if str(w["text"]).strip())
+
+
+def run_transcribe_bench(cfg: Config, conversations: int | None = None) -> dict[str, Any]:
+    import torch
+    import whisper
+    import whisper_timestamped
+
+    import components.transcribe.logic as stage_logic
+    from components.common.audio import resample
+    from components.common.channels import read_channel
+    from components.common.stagekit import iter_items
+    from components.common.storage import ObjectStore
+    from components.contract import ASR_SAMPLE_RATE, IngestedItem, Keys, Transcript, TranscribedItem
+    from components.ingest.logic import ingest
+    from components.simulate.generate import simulate_conversations
+    from components.transcribe.asr import _available_cpus, resolve_whisper_checkpoint
+    from components.transcribe.quality import corpus_wer, normalise, reference_user_text
+
+    n = conversations or DEFAULT_CONVERSATIONS
+    rid = run_id()
+    bucket = bench_bucket(cfg, "transcribe")
+    bcfg = with_bucket(cfg, bucket)
+    bcfg.transcribe.packed = True  # the stage's own path, whatever the profile says
+    store = ObjectStore.from_config(bcfg.storage)
+    gt_store = ObjectStore.from_config(bcfg.storage, bucket=bcfg.storage.groundtruth_bucket)
+    store.ensure_bucket(versioning=True)
+    batch = f"bench-transcribe-{rid}"
+    cids: list[str] = []
+    figures: dict[str, Any] = {"bench": "transcribe", "baseline": BASELINE, "run": rid,
+                               "bucket": bucket, "model": bcfg.transcribe.model_source}
+    try:
+        say(f"simulating {n} conversations into s3://{bucket}/raw/{batch}/ (TTS is cached)")
+        sim = simulate_conversations(bcfg, n=n, batch=batch)
+        cids = list(sim.conversation_ids)
+        say("ingest (consent: users without it are dropped)")
+        ing = ingest(bcfg, sim.manifest_id)
+        items = [IngestedItem.model_validate(r) for r in iter_items(store, ing.manifest)]
+        if not items:
+            raise RuntimeError(f"ingest accepted none of the {n} simulated conversations "
+                               f"({ing.manifest.counts}); nothing to benchmark")
+        figures["simulated"] = n
+        figures["conversations"] = len(items)
+        figures["ingest_rejected"] = {k: v for k, v in ing.manifest.counts.items()
+                                      if k.startswith("rejected")}
+
+        say("decoding the user channels in memory (baseline input, untimed)")
+        audio = []
+        for it in items:
+            a, rate = read_channel(store, it, "user")
+            audio.append(resample(a, rate, ASR_SAMPLE_RATE))
+        audio_s = sum(len(a) for a in audio) / ASR_SAMPLE_RATE
+        refs = {it.conversation_id: reference_user_text(
+            gt_store.get_json(Keys.groundtruth(it.conversation_id))) for it in items}
+        figures["audio_s"] = round(audio_s, 2)
+        figures["reference_words"] = sum(len(normalise(r).split()) for r in refs.values())
+
+        say("loading both models (untimed; reported)")
+        t = time.perf_counter()
+        stage_model = stage_logic.load_stage_model(bcfg)  # cached: the stage reuses it
+        stage_load_s = time.perf_counter() - t
+        ckpt = resolve_whisper_checkpoint(bcfg.transcribe.model_source,
+                                          bcfg.transcribe.model_cache_dir)
+        t = time.perf_counter()
+        plain_model = whisper.load_model(str(ckpt), device="cpu")
+        plain_load_s = time.perf_counter() - t
+        figures["checkpoint"] = str(ckpt)
+        figures["cpus"] = _available_cpus()
+        figures["torch_threads"] = torch.get_num_threads()
+
+        say("warm-up: one untimed call per path on conversation 1")
+        whisper_timestamped.transcribe(plain_model, audio[0], language="en")
+        stage_logic.transcribe_channel(stage_model, audio[0])
+
+        say(f"baseline: {BASELINE} over {len(items)} channels ({audio_s:.1f} s of audio)")
+        plain_hyps: dict[str, str] = {}
+        plain_s = 0.0
+        for it, a in zip(items, audio):
+            t = time.perf_counter()
+            result = whisper_timestamped.transcribe(plain_model, a, language="en")
+            plain_s += time.perf_counter() - t
+            plain_hyps[it.conversation_id] = _words_text(result)
+
+        say("stage: transcribe(cfg, ingest_manifest_id) end to end")
+        asr_time = [0.0, 0]
+        original = stage_logic.transcribe_channel
+
+        def timed_asr(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                asr_time[0] += time.perf_counter() - t0
+                asr_time[1] += 1
+
+        stage_logic.transcribe_channel = timed_asr
+        try:
+            t = time.perf_counter()
+            run = stage_logic.transcribe(bcfg, ing.manifest.manifest_id)
+            stage_s = time.perf_counter() - t
+        finally:
+            stage_logic.transcribe_channel = original
+        if run.processed != len(items):
+            raise RuntimeError(f"the stage processed {run.processed} of {len(items)} items "
+                               "(not a fresh run?)")
+        stage_asr_s = asr_time[0] if asr_time[1] == len(items) else None
+
+        stage_hyps: dict[str, str] = {}
+        for raw in iter_items(store, run.manifest):
+            ti = TranscribedItem.model_validate(raw)
+            q = ti.quarantine_transcript
+            tr = Transcript.model_validate(store.get_json(q.key, version_id=q.version_id))
+            stage_hyps[ti.conversation_id] = " ".join(w.word for w in tr.user_words)
+        common = [c for c in refs if c in stage_hyps and c in plain_hyps]
+        figures["stage_failed"] = len(items) - len(stage_hyps)
+        plain_wer = corpus_wer([refs[c] for c in common], [plain_hyps[c] for c in common])
+        stage_wer = corpus_wer([refs[c] for c in common], [stage_hyps[c] for c in common])
+
+        speedup = plain_s / stage_s if stage_s > 0 else None
+        speedup_asr = plain_s / stage_asr_s if stage_asr_s else None
+        equal_wer = stage_wer <= plain_wer + WER_TOLERANCE
+        figures.update({
+            "wer_conversations": len(common),
+            "plain": {"seconds": round(plain_s, 3), "rtf": round(plain_s / audio_s, 4),
+                      "wer": round(plain_wer, 4), "model_load_s": round(plain_load_s, 3),
+                      "decoding": "whisper_timestamped defaults, language='en'"},
+            "stage": {"seconds": round(stage_s, 3), "rtf": round(stage_s / audio_s, 4),
+                      "asr_seconds": round(stage_asr_s, 3) if stage_asr_s is not None else None,
+                      "asr_rtf": round(stage_asr_s / audio_s, 4) if stage_asr_s is not None else None,
+                      "wer": round(stage_wer, 4), "model_load_s": round(stage_load_s, 3)},
+            "speedup": round(speedup, 3) if speedup is not None else None,
+            "speedup_asr_only": round(speedup_asr, 3) if speedup_asr is not None else None,
+            "target": f"stage >= {TARGET_SPEEDUP:g}x faster than the {BASELINE} at equal WER "
+                      f"(stage WER <= plain WER + {WER_TOLERANCE})",
+            "target_met": bool(speedup is not None and speedup >= TARGET_SPEEDUP and equal_wer),
+            "equal_wer": equal_wer,
+        })
+    finally:
+        figures["cleanup"] = _cleanup(store, gt_store, cids)
+    return figures
+
+
+def _cleanup(store, gt_store, cids: list[str]) -> dict[str, Any]:
+    """Delete every version of everything in the bench bucket, the bucket itself, and this run's
+    ground truth; then reclaim the deleted bytes (SeaweedFS keeps them until a vacuum)."""
+    out: dict[str, Any] = {}
+    assert BENCH_SUFFIX in store.bucket, store.bucket  # never the data bucket
+    try:
+        out["bench_versions_deleted"] = store.delete_prefix_all_versions("", allow_whole_bucket=True)
+        store.client.remove_bucket(store.bucket)
+        out["bucket_removed"] = True
+    except Exception as exc:  # noqa: BLE001 - report, never hide
+        out["error"] = f"{type(exc).__name__}: {exc}"
+        say(f"CLEANUP FAILED for s3://{store.bucket}: {exc}")
+    try:
+        out["groundtruth_versions_deleted"] = sum(
+            gt_store.delete_all_versions(f"conversations/{cid}.json") for cid in cids)
+    except Exception as exc:  # noqa: BLE001
+        out["groundtruth_error"] = f"{type(exc).__name__}: {exc}"
+    try:
+        out["bytes_reclaimed"] = gt_store.reclaim_deleted_space()
+    except Exception as exc:  # noqa: BLE001
+        out["reclaim_error"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def report(f: dict[str, Any]) -> str:
+    if "plain" not in f:
+        return "transcribe bench: no figures (see errors above)"
+    p, s = f["plain"], f["stage"]
+    rows = [
+        [f"{BASELINE} (baseline)", fmt(p["seconds"], ".2f"), fmt(p["rtf"], ".4f"), fmt(p["wer"], ".4f")],
+        ["transcribe stage, end to end", fmt(s["seconds"], ".2f"), fmt(s["rtf"], ".4f"),
+         fmt(s["wer"], ".4f")],
+        ["  of which ASR (transcribe_channel)", fmt(s["asr_seconds"], ".2f"),
+         fmt(s["asr_rtf"], ".4f"), ""],
+    ]
+    lines = [
+        f"transcribe bench — {f['conversations']} conversations ({f['simulated']} simulated, "
+        f"the rest dropped by ingest), {f['audio_s']:.1f} s of user audio, "
+        f"{f['reference_words']} reference words, model {f['model']}, "
+        f"{f['cpus']} CPUs / {f['torch_threads']} torch threads",
+        "",
+        table(["path", "seconds", "RTF", "WER"], rows),
+        "",
+        f"speed-up (plain s / stage s): {fmt(f['speedup'], '.2f')}x end to end, "
+        f"{fmt(f['speedup_asr_only'], '.2f')}x ASR only",
+        f"target: {f['target']} -> {'MET' if f['target_met'] else 'NOT MET'}",
+        f"model load (untimed above): plain {p['model_load_s']:.2f} s, stage {s['model_load_s']:.2f} s;"
+        " both paths warmed up by one untimed call",
+        f"cleanup: {f['cleanup']}",
+    ]
+    return "\n".join(lines)
+
+
+def main(cfg: Config, conversations: int | None) -> int:
+    figures = run_transcribe_bench(cfg, conversations)
+    emit(report(figures), figures)
+    return 0

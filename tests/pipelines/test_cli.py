@@ -1,0 +1,38 @@
+"""Every CLI command has a helpful --help; configuration errors are clear."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from pipelines.cli import build_parser
+
+COMMANDS = ["services", "simulate", "seal", "run", "compile", "demo", "bench"]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_top_level_help_lists_every_command():
+    out = _run("--help")
+    assert out.returncode == 0
+    for command in COMMANDS:
+        assert command in out.stdout
+    assert "examples:" in out.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_has_help(command):
+    parser = build_parser()
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args([command, "--help"])
+    assert exc.value.code == 0
+
+
+def test_a_typo_in_an_override_is_reported():
+    out = _run("--set", "simulate.conversation=3", "compile", "--output", "/dev/null")
+    assert out.returncode != 0 and "conversation" in out.stderr

@@ -1,0 +1,83 @@
+"""End to end: the demo pipeline on its own services, and a pipeline run killed mid-transcribe
+then rerun — through the real CLI, KFP's local runner, SeaweedFS and MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from components.common.config import Config, load_config
+from components.common.stagekit import load_manifest
+from components.common.storage import ObjectStore
+from components.contract import Keys
+from components.simulate.generate import simulate_conversations
+from pipelines.audit import audit_run
+from pipelines.lineage import manifest_chain
+from pipelines.runner import pipeline_overrides
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+
+def cli(cfg: Config, *args: str) -> list[str]:
+    sets = [f"--set={key}={json.dumps(value)}" for key, value in pipeline_overrides(cfg).items()]
+    return [sys.executable, "-m", "pipelines.cli", "--profile", cfg.profile, *sets, *args]
+
+
+def test_demo_end_to_end(tmp_path):
+    state = tmp_path / "demo"
+    cfg = load_config("ci", overrides=[
+        f"services.state_dir={state}", "services.s3_port=0", "services.mlflow_port=0",
+        f"storage.credentials_file={state}/secrets/s3-credentials.json",
+        f"consent.dsn=sqlite:///{state}/consent.db", f"pipeline.pipeline_root={state}/pipeline-root",
+        f"scrub.pseudonym_key_file={state}/secrets/pseudonym.key"])
+    try:
+        out = subprocess.run(cli(cfg, "demo"), capture_output=True, text=True, timeout=900)
+    finally:
+        subprocess.run(cli(cfg, "services", "down"), capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["conversations"] == cfg.simulate.conversations
+    assert summary["ingested"] + summary["rejected"] == summary["conversations"]
+    assert summary["rejected_by_reason"].keys() <= {"no-consent"}
+    assert summary["transcribed"] == summary["scrubbed"] == summary["ingested"] > 0
+    assert summary["raw_user_audio_left"] == 0
+    assert summary["pii_left"] == 0
+    assert summary["transcript_wer"] is not None and summary["transcript_wer"] <= 0.10
+    assert "duplexalign demo — summary" in out.stdout
+
+
+def test_run_killed_mid_transcribe_then_rerun_processes_each_conversation_once(stage_cfg):
+    sim = simulate_conversations(stage_cfg, n=4, batch="killed", progress=False)
+    store = ObjectStore.from_config(stage_cfg.storage)
+    run = cli(stage_cfg, "run", "--input-manifest", sim.manifest_id,
+              "--groundtruth-bucket", stage_cfg.storage.groundtruth_bucket)
+    proc = subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(True for _ in store.list("state/transcribe/")):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before transcribe started"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not any(True for _ in store.list("manifests/transcribe/"))
+
+    rerun = subprocess.run(run, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    final = rerun.stdout.strip().splitlines()[-1]
+    chain = manifest_chain(store, final)
+    ingested = chain["ingest"].counts.get("items", 0)
+    assert ingested + chain["ingest"].counts.get("rejected", 0) == 4
+    assert chain["transcribe"].counts["items"] == chain["scrub"].counts["items"] == ingested > 0
+    markers = [i.key for i in store.list(Keys.item_state_prefix("transcribe", chain["ingest"].manifest_id))]
+    assert len(markers) == len(set(markers)) == ingested  # each conversation transcribed once
+    assert load_manifest(store, final).stage == "scrub"
+    audit = audit_run(stage_cfg, sim.conversation_ids)
+    assert (audit.raw_user_audio_left, audit.pii_left) == (0, 0), audit.findings
