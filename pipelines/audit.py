@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.common.config import Config
+from components.common.stagekit import iter_items, load_manifest
 from components.common.storage import ObjectStore
 from components.contract import CONTENT_CLASS_KEY, USER_AUDIO
-from components.scrub.pii import pii_occurs
+from components.scrub.pii import normalise_for_pii_search, occurs_in_normalised
 
 TEXT_SUFFIXES = (".json", ".jsonl", ".txt", ".md", ".html", ".csv", ".yaml", ".yml", ".log")
 USER_AUDIO_NAMES = ("user.wav", "audio.wav")
@@ -38,7 +39,7 @@ def _is_user_audio(store: ObjectStore, key: str, version_id: str | None) -> bool
     return bool(info and (info.metadata or {}).get(CONTENT_CLASS_KEY) == USER_AUDIO)
 
 
-def count_user_audio(store: ObjectStore, pipeline_root: Path) -> tuple[int, list[str]]:
+def count_user_audio(store: ObjectStore, roots: list[Path]) -> tuple[int, list[str]]:
     """User-audio objects in ANY version (delete markers excluded) plus audio files on disk."""
     found: list[str] = []
     for version in store.list_versions(""):
@@ -46,21 +47,21 @@ def count_user_audio(store: ObjectStore, pipeline_root: Path) -> tuple[int, list
             continue
         if _is_user_audio(store, version.key, version.version_id):
             found.append(f"s3://{store.bucket}/{version.key}@{version.version_id}")
-    for path in _files(pipeline_root):
+    for path in _files(roots):
         with open(path, "rb") as fh:
             if fh.read(4) in (b"RIFF", b"RF64"):
                 found.append(str(path))
     return len(found), found
 
 
-def _files(root: Path) -> Iterator[Path]:
-    if root.exists():
+def _files(roots: list[Path]) -> Iterator[Path]:
+    for root in roots:
         for dirpath, _, names in os.walk(root):
             for name in names:
                 yield Path(dirpath) / name
 
 
-def _texts(store: ObjectStore, pipeline_root: Path) -> Iterator[tuple[str, str]]:
+def _texts(store: ObjectStore, roots: list[Path]) -> Iterator[tuple[str, str]]:
     for version in store.list_versions(""):
         if version.is_delete_marker or not version.key.endswith(TEXT_SUFFIXES):
             continue
@@ -68,7 +69,7 @@ def _texts(store: ObjectStore, pipeline_root: Path) -> Iterator[tuple[str, str]]
             continue
         data = store.get_bytes(version.key, version_id=version.version_id)
         yield f"s3://{store.bucket}/{version.key}@{version.version_id}", _searchable(data)
-    for path in _files(pipeline_root):
+    for path in _files(roots):
         if path.stat().st_size <= MAX_TEXT_BYTES:
             yield str(path), _searchable(path.read_bytes())
 
@@ -98,26 +99,44 @@ def _searchable(data: bytes) -> str:
     return text + "\n" + "\n".join(joined)
 
 
-def count_pii(store: ObjectStore, pipeline_root: Path, planted: list[tuple[str, str]]) -> tuple[int, list[str]]:
+def count_pii(store: ObjectStore, roots: list[Path], planted: list[tuple[str, str]]) -> tuple[int, list[str]]:
     """Planted PII values (type, written value) found in any stored text, after normalising
     digits, spoken numbers and spelled-out emails (components.scrub.pii.pii_occurs)."""
     found: list[str] = []
-    for where, text in _texts(store, pipeline_root):
-        for kind, value in planted:
-            if pii_occurs(value, text):
+    wanted = [(kind, normalise_for_pii_search(value)) for kind, value in planted]
+    for where, text in _texts(store, roots):
+        norm = normalise_for_pii_search(text)
+        for kind, value in wanted:
+            if occurs_in_normalised(value, norm):
                 found.append(f"{kind} in {where}")
     return len(found), found
 
 
-def planted_pii(cfg: Config, conversation_ids: list[str] | None = None) -> list[tuple[str, str]]:
+def logged_conversation_ids(store: ObjectStore) -> list[str]:
+    """Every conversation that ever entered this bucket: the items of all its raw manifests."""
+    ids: set[str] = set()
+    for info in store.list("manifests/raw/", recursive=False):
+        if info.key.endswith(".json"):
+            manifest = load_manifest(store, info.key.rsplit("/", 1)[-1].removesuffix(".json"))
+            ids.update(item["conversation_id"] for item in iter_items(store, manifest))
+    return sorted(ids)
+
+
+def planted_pii(cfg: Config, conversation_ids: list[str]) -> list[tuple[str, str]]:
+    """(type, written value) of the PII planted in these conversations, deduplicated (a
+    recurring user's values are planted in several conversations)."""
     from components.simulate.groundtruth import load_planted_pii
 
-    return load_planted_pii(cfg, conversation_ids)
+    return sorted(set(load_planted_pii(cfg, conversation_ids)))
 
 
 def audit_run(cfg: Config, conversation_ids: list[str] | None = None) -> AuditResult:
+    """Both audits over the data bucket (every version) and the local run's files: KFP's pipeline
+    root and workspace, and the logs of the pipeline and the services."""
     store = ObjectStore.from_config(cfg.storage)
-    root = Path(cfg.pipeline.pipeline_root)
-    audio_left, audio_where = count_user_audio(store, root)
-    pii_left, pii_where = count_pii(store, root, planted_pii(cfg, conversation_ids))
+    state = Path(cfg.services.state_dir)
+    roots = [Path(cfg.pipeline.pipeline_root), state / "kfp-workspace", state / "logs"]
+    audio_left, audio_where = count_user_audio(store, roots)
+    ids = conversation_ids if conversation_ids is not None else logged_conversation_ids(store)
+    pii_left, pii_where = count_pii(store, roots, planted_pii(cfg, ids))
     return AuditResult(audio_left, pii_left, audio_where + pii_where)

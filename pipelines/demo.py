@@ -17,6 +17,7 @@ from components.common.storage import ObjectStore
 from components.contract import Keys
 from pipelines.audit import audit_run
 from pipelines.lineage import manifest_chain
+from pipelines.report import write_run_report
 from pipelines.runner import run_local
 
 
@@ -69,8 +70,10 @@ def run_demo(cfg: Config, conversations: int | None = None) -> int:
     final = run_local(cfg, sim.manifest_id, groundtruth_bucket=cfg.storage.groundtruth_bucket)
     run_s = time.monotonic() - t_run
 
-    _say("auditing: user audio and planted PII in every object version and the pipeline root")
     figures = collect_figures(cfg, final)
+    _say("writing the run report and logging the run to MLflow")
+    figures["report"] = f"s3://{cfg.storage.bucket}/" + write_run_report(cfg, figures)
+    _say("auditing: user audio and planted PII in every object version, the pipeline root and logs")
     audit = audit_run(cfg)
     figures.update(raw_user_audio_left=audit.raw_user_audio_left, pii_left=audit.pii_left)
     figures["seconds"] = {"simulate": round(sim_s, 1), "pipeline": round(run_s, 1),
@@ -95,6 +98,7 @@ def print_summary(f: dict[str, Any], findings: list[str]) -> None:
         f"  scrubbed               {f['scrubbed']}",
         f"  raw user audio left    {f['raw_user_audio_left']}  (every object version + pipeline root)",
         f"  planted PII left       {f['pii_left']}  (every stored text, normalised)",
+        f"  report                 {f['report']} (also in MLflow)",
         f"  time                   simulate {f['seconds']['simulate']}s, pipeline "
         f"{f['seconds']['pipeline']}s, total {f['seconds']['total']}s",
     ]

@@ -1328,14 +1328,19 @@ def normalise_for_pii_search(text: str) -> str:
 def pii_occurs(planted_value: str, text: str) -> bool:
     """Does a planted PII value still occur in ``text`` in any written or spoken form?
 
-    Both sides go through normalise_for_pii_search. E-mails compare compacted (spaces removed);
-    phone/card/id numbers compare digit strings (a planted +1 number also matches without the
-    1); other codes with digits in every word (IBAN) compare compacted; names and addresses
-    compare as contiguous normalised word sequences."""
-    planted = normalise_for_pii_search(planted_value)
+    Both sides go through normalise_for_pii_search (see occurs_in_normalised)."""
+    return occurs_in_normalised(normalise_for_pii_search(planted_value),
+                                normalise_for_pii_search(text))
+
+
+def occurs_in_normalised(planted: str, norm: str) -> bool:
+    """pii_occurs on texts already normalised, so an audit normalises each text once.
+
+    E-mails compare compacted (spaces removed); phone/card/id numbers compare digit strings (a
+    planted +1 number also matches without the 1); other codes with digits in every word (IBAN)
+    compare compacted; names and addresses compare as contiguous normalised word sequences."""
     if not planted:
         return False
-    norm = normalise_for_pii_search(text)
     compact = planted.replace(" ", "")
     if "@" in planted:
         return compact in norm.replace(" ", "")

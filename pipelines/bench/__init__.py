@@ -21,7 +21,7 @@ def run_bench(cfg: Config, which: str, args: argparse.Namespace | None = None) -
     if which == "transcribe":
         from pipelines.bench.transcribe import main
 
-        return main(cfg, getattr(args, "conversations", None))
+        return main(cfg, getattr(args, "conversations", None), getattr(args, "repeats", None))
     if which == "ingest":
         from pipelines.bench.ingest import main
 

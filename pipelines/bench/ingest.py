@@ -72,6 +72,25 @@ def _corpus(cfg: Config, seed_manifest_id: str, seed_n: int, n: int) -> str:
     return writer.close({"source": "bench-ingest", "trimmed_from": manifest_id}).manifest_id
 
 
+def _settle(cfg: Config, max_s: float = 30.0, idle_cpu: float = 0.1) -> float:
+    """Wait until the local SeaweedFS is idle (under ``idle_cpu`` of a core for 1 s): deletes
+    and copies are finished asynchronously by the server, and that work must not be billed to
+    the measured run. Returns the seconds waited (0 when the store is not a local SeaweedFS)."""
+    t0 = time.perf_counter()
+    last = seaweedfs_cpu_seconds(cfg)
+    if last is None:
+        return 0.0
+    quiet = 0
+    while time.perf_counter() - t0 < max_s and quiet < 2:
+        time.sleep(0.5)
+        now = seaweedfs_cpu_seconds(cfg)
+        if now is None:
+            break
+        quiet = quiet + 1 if now - last < idle_cpu * 0.5 else 0
+        last = now
+    return time.perf_counter() - t0
+
+
 def _child_command() -> list[str]:
     return [sys.executable, "-m", "pipelines.bench._ingest_child"]
 
@@ -148,8 +167,11 @@ def run_ingest_bench(cfg: Config, sizes: list[int] | None = None,
         corpus_s = time.perf_counter() - t
         t = time.perf_counter()
         removed = store.delete_prefix_all_versions("state/ingest/")
+        reset_s = time.perf_counter() - t
+        settle_s = _settle(bcfg)
         say(f"N={n}: corpus {manifest_id} ready in {corpus_s:.1f} s; reset {removed} ingest "
-            f"marker versions in {time.perf_counter() - t:.1f} s; ingest in a fresh process")
+            f"marker versions in {reset_s:.1f} s; store idle after {settle_s:.1f} s; "
+            "ingest in a fresh process")
         r = _measure(bcfg, manifest_id, n, concurrency, timeout_s)
         r["corpus_s"] = round(corpus_s, 1)
         r["raw_manifest_id"] = manifest_id
