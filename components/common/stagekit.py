@@ -141,16 +141,17 @@ def _is_final(result: ItemResult) -> bool:
     return not (result.status == "failed" and result.error and result.error.code == "internal")
 
 
-def _run_one(store: ObjectStore, stage: str, input_manifest_id: str,
-             process: Callable[[Any], dict[str, Any] | None],
-             entry: tuple[str, Any]) -> tuple[ItemResult, bool]:
-    item_id, item = entry
-    marker_key = Keys.item_state(stage, input_manifest_id, item_id)
-    info = store.stat(marker_key)
-    if info is not None:
-        existing = ItemResult.model_validate(store.get_json(marker_key))
-        if _is_final(existing):
-            return existing, False
+def _existing(store: ObjectStore, marker_key: str) -> ItemResult | None:
+    """The item's final result from an earlier run, or None if it must be (re)processed."""
+    if store.stat(marker_key) is None:
+        return None
+    existing = ItemResult.model_validate(store.get_json(marker_key))
+    return existing if _is_final(existing) else None
+
+
+def _process_one(store: ObjectStore, stage: str, marker_key: str,
+                 process: Callable[[Any], dict[str, Any] | None],
+                 item_id: str, item: Any) -> ItemResult:
     try:
         output = process(item)
         result = ItemResult(item=item_id, status="done" if output is not None else "dropped",
@@ -164,7 +165,7 @@ def _run_one(store: ObjectStore, stage: str, input_manifest_id: str,
                             error=ItemError(item=item_id, code="internal",
                                             reason=f"{type(exc).__name__}: {exc}"))
     store.put_json(marker_key, result.model_dump(mode="json"))
-    return result, True
+    return result
 
 
 def run_items(
@@ -177,14 +178,19 @@ def run_items(
     concurrency: int = 1,
     carried_rejects: Iterable[ItemError] = (),
     extra_stats: Callable[[], dict[str, Any]] | None = None,
+    prefetch: Callable[[list[Any]], None] | None = None,
+    window: int = WINDOW,
 ) -> StageRun:
     """Process every (item_id, item) not yet marked done; seal and write the output manifest.
 
     `process` returns the item's output record (goes into the manifest), or None when the item is
     dropped without error; it raises ItemFailure for a per-item error. Any other exception is
-    caught per item too (code "internal") so one bad item never stops the run. With
-    concurrency > 1 items run on a thread pool (for I/O-bound stages), in windows of WINDOW items
-    so memory stays bounded; results are still written in input order."""
+    caught per item too (code "internal") so one bad item never stops the run. Items go in
+    windows of `window` items, so memory stays bounded; with concurrency > 1 a window's items run
+    on a thread pool (I/O-bound stages). `prefetch`, if given, first receives each window's
+    items that still need processing, so a stage can work on them as a batch (transcribe packs
+    several conversations into one Whisper window) before `process` writes each item's outputs.
+    Results are written in input order either way."""
     t0 = time.monotonic()
     writer = ManifestWriter(store, stage, input_manifest_id)
     for reject in carried_rejects:
@@ -195,20 +201,27 @@ def run_items(
     pool = ThreadPoolExecutor(concurrency) if concurrency > 1 else None
     last_print = 0.0
     try:
-        while window := list(islice(iterator, WINDOW)):
-            run = lambda entry: _run_one(store, stage, input_manifest_id, process, entry)  # noqa: E731
-            outcomes = pool.map(run, window) if pool else map(run, window)
-            for result, fresh in outcomes:
+        while entries := list(islice(iterator, window)):
+            markers = [Keys.item_state(stage, input_manifest_id, item_id) for item_id, _ in entries]
+            known = list((pool.map if pool else map)(lambda k: _existing(store, k), markers))
+            pending = [i for i, result in enumerate(known) if result is None]
+            if prefetch and pending:
+                prefetch([entries[i][1] for i in pending])
+            run = lambda i: _process_one(store, stage, markers[i], process, *entries[i])  # noqa: E731
+            outcomes = iter((pool.map if pool else map)(run, pending))  # lazy: live progress
+            for i in range(len(entries)):
+                is_fresh = known[i] is None
+                result = next(outcomes) if is_fresh else known[i]
                 done += 1
                 status[result.status] += 1
-                processed += fresh
-                skipped += not fresh
+                processed += is_fresh
+                skipped += not is_fresh
                 if result.status == "done" and result.output is not None:
                     writer.add_item(result.output)
                 elif result.error is not None:
                     writer.add_reject(result.error)
                 now = time.monotonic()
-                if fresh and (concurrency == 1 or now - last_print > 2.0):
+                if is_fresh and (concurrency == 1 or now - last_print > 2.0):
                     last_print = now
                     of = f"/{total}" if total else ""
                     print(f"[{stage}] {done}{of} {result.item} {result.status} "
