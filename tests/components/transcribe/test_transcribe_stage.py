@@ -40,6 +40,7 @@ def test_killed_mid_transcribe_rerun_processes_each_conversation_once(stage_cfg,
     s = stage_store
     grant(stage_cfg, *(f"user-{i}" for i in range(3)))
     ingest_id = ingest(stage_cfg, _conversations(s, 3)).manifest.manifest_id
+    stage_cfg.transcribe.batch_items = 1  # one conversation per batch: markers land one by one
     marker_prefix = Keys.item_state_prefix("transcribe", ingest_id)
 
     code = ("import sys; from components.common.config import Config; "
