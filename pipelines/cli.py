@@ -102,8 +102,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from pipelines.bench import run_bench
 
-    cfg = _config(args)
-    return run_bench(cfg, args.which, args)
+    # run_bench starts the local services itself when they are not up.
+    return run_bench(args.base_config, args.which, args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transcribe: how many conversations to time (default 6)")
     p.add_argument("--sizes", default="1000,10000",
                    help="ingest: corpus sizes to measure (comma separated)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="transcribe: timed runs per path, best reported (default 3)")
     return parser
 
 

@@ -15,18 +15,20 @@ from components.common.config import Config
 
 
 def run_bench(cfg: Config, which: str, args: argparse.Namespace | None = None) -> int:
-    from pipelines.bench.common import ensure_services
+    from pipelines.bench.common import bench_lock, ensure_services
 
+    if which not in ("transcribe", "ingest"):
+        raise ValueError(f"unknown bench {which!r}; choose transcribe or ingest")
     cfg = ensure_services(cfg)
-    if which == "transcribe":
-        from pipelines.bench.transcribe import main
+    with bench_lock(cfg, which):
+        if which == "transcribe":
+            from pipelines.bench import transcribe
 
-        return main(cfg, getattr(args, "conversations", None), getattr(args, "repeats", None))
-    if which == "ingest":
-        from pipelines.bench.ingest import main
+            return transcribe.main(cfg, getattr(args, "conversations", None),
+                                   getattr(args, "repeats", None))
+        from pipelines.bench import ingest
 
-        return main(cfg, getattr(args, "sizes", None))
-    raise ValueError(f"unknown bench {which!r}; choose transcribe or ingest")
+        return ingest.main(cfg, getattr(args, "sizes", None))
 
 
 __all__ = ["run_bench"]

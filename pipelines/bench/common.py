@@ -11,13 +11,19 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from components.common.config import Config
 
 
+_T0 = time.monotonic()
+
+
 def say(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+    print(f"[bench +{time.monotonic() - _T0:.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
 def ensure_services(cfg: Config) -> Config:
@@ -38,8 +44,10 @@ def ensure_services(cfg: Config) -> Config:
 BENCH_SUFFIX = "-bench-"
 
 
-def bench_bucket(cfg: Config, name: str) -> str:
-    bucket = f"{cfg.storage.bucket}{BENCH_SUFFIX}{name}"
+def bench_bucket(cfg: Config, name: str, run: str | None = None) -> str:
+    """``<data bucket>-bench-<name>`` (kept between runs, e.g. the ingest corpus), or with
+    ``run`` a bucket of that run alone (``...-<run>``), so concurrent runs never meet."""
+    bucket = f"{cfg.storage.bucket}{BENCH_SUFFIX}{name}" + (f"-{run}" if run else "")
     if len(bucket) > 63:
         raise ValueError(f"bench bucket name {bucket!r} is longer than 63 characters")
     return bucket
@@ -75,6 +83,66 @@ def seaweedfs_cpu_seconds(cfg: Config) -> float | None:
         return total
     except Exception:  # noqa: BLE001 - a diagnostic figure only
         return None
+
+
+class OtherLoad:
+    """Share of the machine's CPU used by OTHER processes during a timed section (everything
+    but this process and, when it is a local one, the object store), steal time included.
+    On a shared box this tells a disturbed timing from a real one."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    @staticmethod
+    def _busy() -> float:
+        import psutil
+
+        t = psutil.cpu_times()
+        idle = t.idle + getattr(t, "iowait", 0.0)
+        return sum(t) - idle - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+
+    @staticmethod
+    def _own() -> float:
+        import resource
+
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    def __enter__(self) -> "OtherLoad":
+        self.share: float | None = None
+        self._t = time.monotonic()
+        self._busy0, self._own0 = self._busy(), self._own()
+        self._store0 = seaweedfs_cpu_seconds(self.cfg) or 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import os
+
+        wall = time.monotonic() - self._t
+        others = ((self._busy() - self._busy0) - (self._own() - self._own0)
+                  - ((seaweedfs_cpu_seconds(self.cfg) or 0.0) - self._store0))
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        self.share = max(0.0, others) / (wall * (cpus or 1)) if wall > 0 else None
+
+
+@contextmanager
+def bench_lock(cfg: Config, name: str) -> Iterator[None]:
+    """One bench of a kind at a time on this machine (state dir): two concurrent runs would
+    disturb each other's timings, and the ingest bench shares its corpus bucket."""
+    import fcntl
+
+    path = Path(cfg.services.state_dir).expanduser() / f"bench-{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"another `bench {name}` runs on this machine: waiting for it to finish")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def run_id() -> str:

@@ -25,6 +25,7 @@ from typing import Any
 
 from components.common.config import Config
 from pipelines.bench.common import (
+    OtherLoad,
     bench_bucket,
     emit,
     fmt,
@@ -106,6 +107,7 @@ def _measure(cfg: Config, manifest_id: str, n: int, concurrency: int,
     payload = json.dumps({"config": cfg.to_json(), "manifest_id": manifest_id,
                           "concurrency": concurrency})
     server0 = seaweedfs_cpu_seconds(cfg)
+    busy0, own0 = OtherLoad._busy(), OtherLoad._own()
     t0 = time.perf_counter()
     proc = subprocess.Popen(_child_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=None, text=True, env=env)
@@ -122,10 +124,15 @@ def _measure(cfg: Config, manifest_id: str, n: int, concurrency: int,
                 "conversations_per_s": round(done / wall, 1) if wall else None}
     wall = time.perf_counter() - t0
     server1 = seaweedfs_cpu_seconds(cfg)
+    busy1, own1 = OtherLoad._busy(), OtherLoad._own()
     lines = [ln for ln in out.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"ingest child for N={n} failed (exit {proc.returncode})")
     child = json.loads(lines[-1])
+    # CPU used by anything but the bench, its child and the object store (a shared box).
+    others = ((busy1 - busy0) - (own1 - own0) - child.get("process_cpu_seconds", 0.0)
+              - ((server1 or 0.0) - (server0 or 0.0)))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     counts = child["counts"]
     return {
         "n": n,
@@ -140,8 +147,10 @@ def _measure(cfg: Config, manifest_id: str, n: int, concurrency: int,
         "peak_rss_mib": round(child["peak_rss_bytes"] / MIB, 1),
         "rss_after_imports_mib": round(child["rss_after_imports_bytes"] / MIB, 1),
         "client_cpu_s": round(child["cpu_seconds"], 2),
-        "seaweedfs_cpu_s": round(server1 - server0, 2) if None not in (server0, server1) else None,
+        "seaweedfs_cpu_s": (round(server1 - server0, 2)
+                            if server0 is not None and server1 is not None else None),
         "manifest_id": child["manifest_id"],
+        "other_load": round(max(0.0, others) / (wall * (cpus or 1)), 3) if wall > 0 else None,
     }
 
 
@@ -197,12 +206,13 @@ def report(f: dict[str, Any]) -> str:
     for r in f["sizes"]:
         if r["timed_out"]:
             rows.append([str(r["n"]), f">{r['wall_s']:.0f} (timeout)", fmt(r["conversations_per_s"]),
-                         "n/a", "n/a", "n/a", "n/a", f"{r['items_done']} done"])
+                         "n/a", "n/a", "n/a", "n/a", "n/a", f"{r['items_done']} done"])
             continue
         rej = ", ".join(f"{k} {v}" for k, v in sorted(r["rejected"].items())) or "-"
         rows.append([str(r["n"]), f"{r['seconds']:.1f}", f"{r['conversations_per_s']:.1f}",
                      f"{r['peak_rss_mib']:.1f}", f"{r['rss_after_imports_mib']:.1f}",
                      f"{r['client_cpu_s']:.1f}", fmt(r["seaweedfs_cpu_s"], ".1f"),
+                     "n/a" if r.get("other_load") is None else f"{100 * r['other_load']:.0f}%",
                      f"{r['accepted']} ok, {rej}"])
     lines = [
         f"ingest bench — ingest stage (thread pool of {f['concurrency']}), corpus replicated "
@@ -210,8 +220,11 @@ def report(f: dict[str, Any]) -> str:
         f"fresh process, {f['cpus']} CPUs",
         "",
         table(["N", "seconds", "conv/s", "peak RSS MiB", "RSS after imports MiB",
-               "client CPU s", "SeaweedFS CPU s", "outcome"], rows),
+               "client CPU s", "SeaweedFS CPU s", "other processes' CPU", "outcome"], rows),
     ]
+    lines += ["", "peak RSS = VmHWM of the ingest process; other processes' CPU = share of the "
+                  "machine used by anything but the bench, its ingest process and the object store "
+                  "(a shared box slows the run)"]
     ratio = f.get("peak_rss_ratio")
     if ratio:
         lines += ["", f"peak RSS ratio {ratio['of']}: {ratio['ratio']:.3f} -> {ratio['verdict']} "

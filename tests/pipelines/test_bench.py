@@ -13,7 +13,6 @@ import pytest
 from components.common.config import Config
 from components.common.storage import ObjectStore
 from pipelines.bench import run_bench
-from pipelines.bench.common import bench_bucket
 
 pytestmark = pytest.mark.integration
 
@@ -27,11 +26,12 @@ def bench_cfg(services_config: Config, tmp_path) -> Iterator[Config]:
     cfg.consent.dsn = f"sqlite:///{tmp_path}/consent.db"
     cfg.scrub.pseudonym_key_file = str(tmp_path / "pseudonym.key")
     yield cfg
-    for name in ("transcribe", "ingest"):
-        store = ObjectStore.from_config(cfg.storage, bucket=bench_bucket(cfg, name))
-        if store.client.bucket_exists(store.bucket):
+    client = ObjectStore.from_config(cfg.storage).client
+    for bucket in client.list_buckets():
+        if bucket.name.startswith(cfg.storage.bucket + "-bench-"):
+            store = ObjectStore.from_config(cfg.storage, bucket=bucket.name)
             store.delete_prefix_all_versions("", allow_whole_bucket=True)
-            store.client.remove_bucket(store.bucket)
+            client.remove_bucket(bucket.name)
 
 
 def _last_json(out: str) -> dict:
@@ -55,10 +55,12 @@ def test_bench_transcribe_figures(bench_cfg: Config, capsys: pytest.CaptureFixtu
     assert 0 < f["stage"]["asr_seconds"] <= f["stage"]["seconds"]
     assert f["speedup"] == pytest.approx(f["plain"]["seconds"] / f["stage"]["seconds"], rel=0.01)
     assert isinstance(f["target_met"], bool) and f["repeats"] == 1
+    assert isinstance(f["disturbed"], bool)
     assert len(f["plain"]["all_runs_s"]) == len(f["stage"]["all_runs_s"]) == 1
     # Nothing lingers: the bench bucket is gone, and so is this run's ground truth.
     assert f["cleanup"]["bucket_removed"] is True
     assert f["cleanup"]["groundtruth_versions_deleted"] == 3
+    assert f["bucket"] == f"{bench_cfg.storage.bucket}-bench-transcribe-{f['run']}"
     store = ObjectStore.from_config(bench_cfg.storage, bucket=f["bucket"])
     assert not store.client.bucket_exists(store.bucket)
     gt = ObjectStore.from_config(bench_cfg.storage, bucket=bench_cfg.storage.groundtruth_bucket)
@@ -76,6 +78,7 @@ def test_bench_ingest_figures(bench_cfg: Config, capsys: pytest.CaptureFixture[s
         assert r["accepted"] > 0
         assert r["seconds"] > 0 and r["conversations_per_s"] > 0
         assert r["peak_rss_mib"] >= r["rss_after_imports_mib"] > 0
+        assert r["other_load"] is None or 0.0 <= r["other_load"] <= 1.0
     assert f["peak_rss_ratio"]["of"] == "40/20" and f["peak_rss_ratio"]["ratio"] > 0
     assert f["peak_rss_ratio"]["verdict"] in ("flat", "grows")
 

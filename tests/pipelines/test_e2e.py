@@ -40,6 +40,13 @@ def test_demo_end_to_end(tmp_path):
         out = subprocess.run(cli(cfg, "demo"), capture_output=True, text=True, timeout=900)
     finally:
         subprocess.run(cli(cfg, "services", "down"), capture_output=True, timeout=120)
+    # Secrets never reach output, logs, the pipeline root or the compiled run's parameters.
+    secrets = [json.loads((state / "secrets" / "s3-credentials.json").read_text())["secret_key"],
+               (state / "secrets" / "pseudonym.key").read_text().strip()]
+    ours = [state / "services.json"] + [p for d in ("logs", "pipeline-root", "kfp-workspace")
+                                        for p in (state / d).rglob("*") if p.is_file()]
+    places = [out.stdout, out.stderr] + [p.read_text(errors="replace") for p in ours]
+    assert not [s for s in secrets for text in places if s in text]
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["conversations"] == cfg.simulate.conversations
