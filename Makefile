@@ -34,6 +34,10 @@ test: setup system-deps  ## the whole test suite (starts its own services)
 test-fast: setup  ## unit tests only
 	$(VENV)/bin/python -m pytest -q -m "not integration and not e2e"
 
+bench: setup  ## benchmarks: transcribe (stage vs plain loop) and ingest (throughput, peak RSS)
+	$(VENV)/bin/duplexalign bench transcribe
+	$(VENV)/bin/duplexalign bench ingest
+
 compile: setup  ## write pipelines/alignment.yaml
 	$(VENV)/bin/duplexalign compile
 

@@ -57,7 +57,7 @@ _MAX_SINGLE_COPY = 5 * 1024**3
 # S3 DeleteObjects accepts at most 1,000 keys per request.
 _DELETE_BATCH = 1000
 # Error codes that mean "this object (version) is not there" rather than a failure.
-_ABSENT_CODES = {"NoSuchKey", "NoSuchObject", "NoSuchVersion", "ResourceNotFound"}
+ABSENT_CODES = {"NoSuchKey", "NoSuchObject", "NoSuchVersion", "ResourceNotFound"}
 
 
 class StorageError(RuntimeError):
@@ -439,7 +439,7 @@ class ObjectStore:
             with self._errors("stat", key):
                 obj = self.client.stat_object(self.bucket, self.full_key(key), version_id=version_id)
         except StorageError as exc:
-            if exc.code in _ABSENT_CODES:
+            if exc.code in ABSENT_CODES:
                 return None
             raise
         meta = {}
@@ -512,7 +512,7 @@ class ObjectStore:
             with self._errors("delete versions", what):
                 errors = list(self.client.remove_objects(self.bucket, batch))
             # Deleting a version that is already gone is success (idempotency, concurrent runs).
-            real = [e for e in errors if e.code not in _ABSENT_CODES]
+            real = [e for e in errors if e.code not in ABSENT_CODES]
             if real:
                 first = real[0]
                 raise StorageError(

@@ -28,7 +28,7 @@ from components.common.stagekit import (
     load_manifest,
     run_items,
 )
-from components.common.storage import ObjectStore
+from components.common.storage import ABSENT_CODES, ObjectStore, StorageError
 from components.contract import (
     IngestedItem,
     Keys,
@@ -110,7 +110,13 @@ def ingest(cfg: Config, input_manifest_id: str, concurrency: int = 8) -> StageRu
         if seen is not None and seen["prefix"] != item.prefix:
             raise ItemFailure("duplicate", f"conversation id {item.conversation_id!r} was "
                                            f"ingested before from {seen['prefix']}")
-        valid = validate_conversation(store, item, cfg.ingest)
+        try:
+            valid = validate_conversation(store, item, cfg.ingest)
+        except StorageError as exc:
+            if exc.code not in ABSENT_CODES:
+                raise  # a server problem: "internal", retried on rerun
+            raise ItemFailure("missing-object", f"{exc.key} (pinned version) is gone from the "
+                                                "store") from None
         pseudonym = pseudonymise(valid.metadata.user_id, key)
         if not registry.has_consent(pseudonym):
             deleted = delete_conversation_objects(store, item)
@@ -141,6 +147,8 @@ def ingest(cfg: Config, input_manifest_id: str, concurrency: int = 8) -> StageRu
                            total=manifest.counts.get("items"), concurrency=concurrency)
     finally:
         registry.close()
+    if result.manifest.counts.get("rejected:no-consent"):
+        store.reclaim_deleted_space()  # deleted user audio must not linger on disk either
     report_rejects(store, result.manifest.manifest_id, result.manifest)
     return result
 

@@ -60,6 +60,7 @@ def test_demo_end_to_end(tmp_path):
 
 
 def test_run_killed_mid_transcribe_then_rerun_processes_each_conversation_once(stage_cfg):
+    stage_cfg.transcribe.batch_items = 1  # one conversation per Whisper batch: markers land one by one
     sim = simulate_conversations(stage_cfg, n=4, batch="killed", progress=False)
     store = ObjectStore.from_config(stage_cfg.storage)
     run = cli(stage_cfg, "run", "--input-manifest", sim.manifest_id,

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import threading
-import time
 import tracemalloc
 
 import numpy as np
@@ -92,3 +89,14 @@ def test_one_hour_conversation_is_validated_in_bounded_memory(stage_cfg, stage_s
     items = [IngestedItem.model_validate(i) for i in iter_items(stage_store, result.manifest)]
     assert [i.duration_s for i in items] == [3600.0]
     assert peak < 20 * 1024 * 1024, f"ingest held {peak / 2**20:.1f} MiB for a 115 MB conversation"
+
+
+def test_an_object_gone_after_sealing_is_a_per_item_reject(stage_cfg, stage_store):
+    grant(stage_cfg, "user-1")
+    put_conversation(stage_store, "g", "kept")
+    prefix = put_conversation(stage_store, "g", "vanished")
+    manifest_id = seal_raw_batch(stage_store, "raw/g/")
+    stage_store.delete_all_versions(prefix + "model_text.json")
+    result = ingest(stage_cfg, manifest_id)
+    assert _rejects(stage_store, result.manifest) == {"vanished": "missing-object"}
+    assert result.manifest.counts["items"] == 1
