@@ -157,8 +157,6 @@ class PipelineConfig(_Section):
     # Base image of every lightweight component (the project's image; cluster issue builds it).
     image: str = "ghcr.io/duplexalign/duplexalign:0.1.0"
     pipeline_root: str = ".duplexalign/pipeline-root"
-    # How many work items a stage processes before it checkpoints progress.
-    progress_every: int = 1
 
 
 class Config(_Section):

@@ -44,6 +44,3 @@ def pseudonymise(user_id: str, key: bytes) -> str:
     digest = hmac.new(key, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
     return PSEUDONYM_PREFIX + digest[:32]
 
-
-def is_pseudonym(value: str) -> bool:
-    return value.startswith(PSEUDONYM_PREFIX) and len(value) == len(PSEUDONYM_PREFIX) + 32

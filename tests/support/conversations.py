@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import struct
 from datetime import datetime, timezone
@@ -87,7 +86,3 @@ def write_long_wav(path: Path, seconds: float, rate: int = 8000, channels: int =
 
 def truncated(wav: bytes, keep: float = 0.5) -> bytes:
     return wav[: int(len(wav) * keep)]
-
-
-def buf(data: bytes) -> io.BytesIO:
-    return io.BytesIO(data)
