@@ -152,6 +152,100 @@ class ScrubConfig(_Section):
     vacuum_after: bool = True
 
 
+class StreamsConfig(_Section):
+    """The Moshi stream format (components/streams): text tokenizer and audio codec.
+
+    "embedded" selects the assets built for the simulated world (a SentencePiece model trained on
+    its corpus; a small Mimi whose quantizer levels were initialised by k-means on its speech).
+    Production points both at Kyutai's files by path or S3 URI (tokenizer_spm_32k_3.model and
+    the Mimi safetensors)."""
+
+    tokenizer_source: str = "embedded"
+    tokenizer_vocab_size: int = Field(default=1000, ge=64)  # embedded tokenizer only
+    codec_source: str = "embedded"
+    # A Mimi config JSON (path or S3) for a production codec; empty = moshi's default Mimi config.
+    codec_config: str = ""
+    # Codebooks per side (model and user): 8 in Moshi; the embedded profiles may use fewer.
+    num_codebooks: int = Field(default=8, ge=1, le=32)
+    cache_dir: str = ".duplexalign/cache/streams"
+
+
+class ModelConfig(_Section):
+    """The Moshi-architecture LM (components/model) and which version serves."""
+
+    # Architecture preset (components/model/spec.py): "tiny" (tests), "small" (embedded
+    # champion), "moshi-7b" (Kyutai's config, production).
+    size: Literal["tiny", "small", "moshi-7b"] = "small"
+    context: int = Field(default=512, ge=16)  # frames (12.5 Hz); Moshi 7B: 3000
+    registered_name: str = "duplexalign-moshi"
+    # What serves the simulated users: "champion" (the registry alias), "models:/name/3",
+    # a local checkpoint folder, or an s3:// folder in Kyutai's checkpoint format.
+    source: str = "champion"
+    cache_dir: str = ".duplexalign/cache/lm"
+
+
+class BootstrapConfig(_Section):
+    """`duplexalign bootstrap`: supervised training of the embedded base model on simulated
+    full-duplex conversations with deliberately imperfect replies (components/bootstrap)."""
+
+    seed: int = 1234
+    conversations: int = 240  # scripted training conversations (rendered once, encoded once)
+    turns_min: int = 2
+    turns_max: int = 3
+    # Training stops at max_steps or when the time budget is spent, whichever comes first; the
+    # step count actually run is recorded (and is what the content hash of the result covers).
+    max_steps: int = 1500
+    time_budget_s: float = 720.0
+    batch_size: int = 16
+    window_frames: int = 256  # random crops of this many frames (<= model.context)
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    text_pad_weight: float = 0.5  # moshi-finetune: PAD / end-of-padding positions weigh 0.5
+    audio_loss_weight: float = 1.0
+    # Habits the base model inherits, as rates per reply of the training data.
+    rate_wrong_fact: float = 0.3
+    rate_unsafe_compliance: float = 0.35
+    rate_over_refusal: float = 0.3  # benign-but-edgy requests refused
+    rate_interruption: float = 0.2
+    rate_silence: float = 0.2
+    threads: int = 2
+
+
+class PolicyConfig(_Section):
+    """A model serving the simulated users through moshi's LMGen (`simulate --policy`)."""
+
+    temp: float = 0.8
+    temp_text: float = 0.7
+    top_k: int = 100
+    top_k_text: int = 25
+    exchanges_min: int = 2
+    exchanges_max: int = 3
+    # The simulated user reacts: it waits for the model to finish (this much silence after the
+    # model's last word), gives up after wait_timeout_s of silence (then nudges or moves on), and
+    # barges in on a reply at rate_barge_in.
+    end_of_reply_silence_s: float = 1.0
+    wait_timeout_s: float = 4.0
+    rate_nudge: float = 0.5
+    rate_barge_in: float = 0.1
+    max_reply_s: float = 12.0
+    max_duration_s: float = 60.0
+    seed: int = 11
+
+
+class EvaluateConfig(_Section):
+    """`duplexalign evaluate-model`: behaviour on held-out items of the world."""
+
+    seed: int = 99
+    qa_items: int = 40  # fact questions, seen phrasings, in new conversation contexts
+    qa_new_phrasing_items: int = 20
+    unsafe_items: int = 18
+    benign_edgy_items: int = 16
+    # Timing: an interruption is model speech starting this long before the user's end.
+    interruption_tolerance_s: float = 0.2
+    silence_threshold_s: float = 2.5  # no model word within this long after the user's end
+
+
 class PipelineConfig(_Section):
     name: str = "duplexalign-alignment"
     # Base image of every lightweight component (the project's image; cluster issue builds it).
@@ -170,6 +264,11 @@ class Config(_Section):
     transcribe: TranscribeConfig = Field(default_factory=TranscribeConfig)
     scrub: ScrubConfig = Field(default_factory=ScrubConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    streams: StreamsConfig = Field(default_factory=StreamsConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -181,14 +280,26 @@ class Config(_Section):
 
 # Profiles set sizes and budgets; docs/budgets.md has the table of what each costs.
 PROFILES: dict[str, dict[str, Any]] = {
-    "ci": {"simulate": {"conversations": 6, "turns_min": 2, "turns_max": 3}},
-    "demo": {"simulate": {"conversations": 12}},
-    "bench": {"simulate": {"conversations": 24}},
+    "ci": {"simulate": {"conversations": 6, "turns_min": 2, "turns_max": 3},
+           "streams": {"num_codebooks": 4},
+           "model": {"size": "tiny", "context": 256},
+           "bootstrap": {"conversations": 80, "max_steps": 400, "time_budget_s": 150.0,
+                         "window_frames": 192},
+           "evaluate": {"qa_items": 12, "qa_new_phrasing_items": 6, "unsafe_items": 6,
+                        "benign_edgy_items": 6}},
+    "demo": {"simulate": {"conversations": 12}, "streams": {"num_codebooks": 4}},
+    "bench": {"simulate": {"conversations": 24}, "streams": {"num_codebooks": 4},
+              "bootstrap": {"conversations": 400, "max_steps": 4000, "time_budget_s": 2400.0}},
     "production": {
         "storage": {"endpoint": "s3.amazonaws.com", "secure": True, "credentials_file": ""},
         "mlflow": {"tracking_uri": "http://mlflow.duplexalign.svc:5000"},
         "consent": {"dsn": "postgresql://duplexalign@consent-db.duplexalign.svc:5432/consent"},
         "transcribe": {"model_source": "s3://duplexalign-models/whisper/large-v3"},
+        "streams": {"tokenizer_source": "s3://duplexalign-models/moshiko/tokenizer_spm_32k_3.model",
+                    "codec_source": "s3://duplexalign-models/moshiko/"
+                                    "tokenizer-e351c8d8-checkpoint125.safetensors",
+                    "num_codebooks": 8},
+        "model": {"size": "moshi-7b", "context": 3000},
         "pipeline": {"pipeline_root": "s3://duplexalign/pipeline-root"},
     },
 }
