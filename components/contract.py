@@ -12,6 +12,9 @@ Bucket layout (data bucket)::
     raw/<batch>/<conversation_id>/model.wav         separate layout: the model's channel
     raw/<batch>/<conversation_id>/user.wav          separate layout: the user's channel
     raw/<batch>/<conversation_id>/model_text.json   the model's words {"alignments": [[w, [s, e], spk]]}
+    raw/<batch>/<conversation_id>/model_tokens.npz  optional: the model's EXACT per-frame tokens
+                                                    (text + its audio codes, ModelTokens)
+    raw/<batch>/<conversation_id>/user_codes.npz    optional: the user's audio codes — user audio
     kb/<doc_id>.json                                the operator's knowledge base (KbDocument)
     manifests/<stage>/<manifest_id>.json            every manifest (Manifest)
     manifests/<stage>/shards/<sha256>.jsonl         its items and rejects, content-addressed
@@ -20,6 +23,7 @@ Bucket layout (data bucket)::
     transcripts/<conversation_id>.json              redacted transcript (Transcript, redacted=True)
     conversations/<conversation_id>/model.wav       model-only audio after scrub (PII echoes muted)
     conversations/<conversation_id>/metadata.json   scrubbed metadata (pseudonymous user id)
+    conversations/<conversation_id>/model_tokens.npz the model's tokens after scrub (PII frames -1)
     ledger/privacy/<conversation_id>/<run>.json     privacy ledger entries (PrivacyLedgerEntry)
     reports/<stage>/<manifest_id>/...               reports (rejects, summaries, HTML)
     mlflow-artifacts/...                            the MLflow server's artifact store
@@ -104,6 +108,10 @@ class Keys:
         return f"conversations/{conversation_id}/metadata.json"
 
     @staticmethod
+    def conversation_tokens(conversation_id: str) -> str:
+        return f"conversations/{conversation_id}/model_tokens.npz"
+
+    @staticmethod
     def privacy_ledger(conversation_id: str, run: str) -> str:
         return f"ledger/privacy/{conversation_id}/{run}.json"
 
@@ -164,6 +172,72 @@ def audio_objects(layout: str) -> tuple[str, ...]:
 
 
 REQUIRED_OBJECTS = ("metadata.json", "model_text.json")
+# Logged by a Moshi-class server (the model's exact tokens; the user's codes). Optional: a
+# conversation logged without them (audio + words only) is still valid input.
+MODEL_TOKENS_OBJECT = "model_tokens.npz"
+USER_CODES_OBJECT = "user_codes.npz"
+OPTIONAL_OBJECTS = (MODEL_TOKENS_OBJECT, USER_CODES_OBJECT)
+MODEL_TOKENS = "model-tokens"
+MODEL_TOKENS_METADATA = {CONTENT_CLASS_KEY: MODEL_TOKENS}
+# Token value for "no token here": moshi's zero_token_id. The model gets no input from it and no
+# loss is computed on it; scrub writes it over the frames of redacted PII.
+NO_TOKEN = -1
+
+
+class ModelTokens:
+    """What the model produced, frame by frame (12.5 Hz), as ``model_tokens.npz`` holds it.
+
+    ``text`` [T] are its text-stream tokens (inner monologue, PAD/EPAD included) and
+    ``model_codes`` [q, T] its audio codes, time-aligned (undelayed). These — not a re-encoding
+    of its audio nor a re-interleaving of its words — are what becomes the rejected side of a
+    preference pair: they are exactly the sequence the model generated. ``user_codes.npz``
+    (same layout, key ``codes``) is user audio and is deleted with it."""
+
+    def __init__(self, text: Any, model_codes: Any, *, frame_rate: float, tokenizer_hash: str,
+                 codec_hash: str, model_version: str) -> None:
+        import numpy as np
+
+        self.text = np.asarray(text, dtype=np.int32)
+        self.model_codes = np.asarray(model_codes, dtype=np.int32)
+        if self.text.ndim != 1 or self.model_codes.ndim != 2 or \
+                self.model_codes.shape[1] != self.text.shape[0]:
+            raise ValueError(f"model tokens: text {self.text.shape} and model codes "
+                             f"{self.model_codes.shape} are not [T] and [q, T]")
+        self.frame_rate = float(frame_rate)
+        self.tokenizer_hash = tokenizer_hash
+        self.codec_hash = codec_hash
+        self.model_version = model_version
+
+    @property
+    def frames(self) -> int:
+        return int(self.text.shape[0])
+
+    def to_bytes(self) -> bytes:
+        import io
+
+        import numpy as np
+
+        buf = io.BytesIO()
+        np.savez_compressed(buf, text=self.text, model_codes=self.model_codes,
+                            frame_rate=np.float64(self.frame_rate),
+                            tokenizer_hash=np.str_(self.tokenizer_hash),
+                            codec_hash=np.str_(self.codec_hash),
+                            model_version=np.str_(self.model_version))
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "ModelTokens":
+        import io
+
+        import numpy as np
+
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                return cls(z["text"], z["model_codes"], frame_rate=float(z["frame_rate"]),
+                           tokenizer_hash=str(z["tokenizer_hash"]), codec_hash=str(z["codec_hash"]),
+                           model_version=str(z["model_version"]))
+        except (KeyError, OSError, ValueError, EOFError) as exc:
+            raise ValueError(f"not a model_tokens.npz: {exc}") from None
 
 
 def parse_model_alignments(payload: Any) -> list[WordStamp]:
@@ -285,6 +359,7 @@ class ScrubbedItem(_Model):
     model_audio: ObjectRef
     metadata: ObjectRef
     redactions: dict[str, int]
+    model_tokens: ObjectRef | None = None  # when the server logged the model's exact tokens
 
 
 class ItemResult(_Model):

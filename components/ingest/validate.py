@@ -6,10 +6,12 @@ object's size, so a one-hour conversation is validated in constant memory.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
 from components.common.audio import HEADER_PROBE_BYTES, AudioFormatError, WavInfo, check_wav_object
@@ -17,7 +19,10 @@ from components.common.config import IngestConfig
 from components.common.stagekit import ItemFailure
 from components.common.storage import ObjectStore
 from components.contract import (
+    MODEL_TOKENS_OBJECT,
     REQUIRED_OBJECTS,
+    USER_CODES_OBJECT,
+    ModelTokens,
     ConversationMetadata,
     ObjectRef,
     RawItem,
@@ -27,6 +32,7 @@ from components.contract import (
 
 MAX_JSON_BYTES = 16 * 1024 * 1024  # model_text of an hour is ~1 MB; anything far larger is junk
 MAX_METADATA_BYTES = 64 * 1024
+MAX_TOKENS_BYTES = 64 * 1024 * 1024  # an hour of 17 int32 rows at 12.5 Hz is ~3 MB
 
 
 @dataclass
@@ -126,4 +132,45 @@ def validate_conversation(store: ObjectStore, item: RawItem, cfg: IngestConfig) 
     if words and words[-1].end > duration + cfg.channel_length_tolerance_s:
         raise ItemFailure("bad-alignments", f"model words run to {words[-1].end:.2f}s, past the "
                                             f"audio's {duration:.2f}s")
+    _check_token_objects(store, item, duration, cfg)
     return ValidConversation(meta, duration, infos)
+
+
+def _read_npz_bytes(store: ObjectStore, name: str, ref: ObjectRef) -> bytes:
+    if ref.size is not None and ref.size > MAX_TOKENS_BYTES:
+        raise ItemFailure("too-large", f"{name} is {ref.size} bytes (limit {MAX_TOKENS_BYTES})")
+    return store.get_bytes(ref.key, version_id=ref.version_id)
+
+
+def _check_token_objects(store: ObjectStore, item: RawItem, duration: float,
+                         cfg: IngestConfig) -> None:
+    """The optional per-frame token logs must be readable and as long as the audio: a token
+    log that does not line up with its conversation would train on the wrong frames."""
+    tolerance = cfg.channel_length_tolerance_s
+    frames: dict[str, int] = {}
+    if MODEL_TOKENS_OBJECT in item.objects:
+        raw = _read_npz_bytes(store, MODEL_TOKENS_OBJECT, item.objects[MODEL_TOKENS_OBJECT])
+        try:
+            tokens = ModelTokens.from_bytes(raw)
+        except ValueError as exc:
+            raise ItemFailure("bad-tokens", f"{MODEL_TOKENS_OBJECT}: {exc}") from None
+        frames[MODEL_TOKENS_OBJECT] = tokens.frames
+        seconds = tokens.frames / tokens.frame_rate
+        if abs(seconds - duration) > tolerance + 1.0 / tokens.frame_rate:
+            raise ItemFailure("bad-tokens", f"{MODEL_TOKENS_OBJECT} covers {seconds:.2f}s, the "
+                                            f"audio {duration:.2f}s")
+    if USER_CODES_OBJECT in item.objects:
+        raw = _read_npz_bytes(store, USER_CODES_OBJECT, item.objects[USER_CODES_OBJECT])
+        try:
+            with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+                codes = z["codes"]
+        except (KeyError, OSError, ValueError, EOFError) as exc:
+            raise ItemFailure("bad-tokens", f"{USER_CODES_OBJECT}: not a codes archive "
+                                            f"({exc})") from None
+        if codes.ndim != 2:
+            raise ItemFailure("bad-tokens", f"{USER_CODES_OBJECT}: codes are {codes.shape}, "
+                                            "not [q, T]")
+        frames[USER_CODES_OBJECT] = int(codes.shape[1])
+    if len(set(frames.values())) > 1:
+        raise ItemFailure("bad-tokens", "token logs differ in length: "
+                          + ", ".join(f"{n} {f} frames" for n, f in frames.items()))

@@ -3,10 +3,12 @@
 Per conversation, in an order that is safe to interrupt at any point:
   1. outputs: the redacted transcript (user AND model words: the model may echo the user's PII),
      the model-only audio at 24 kHz with its audio muted over the words that echoed PII, and the
-     scrubbed metadata carrying only the pseudonymous user id;
+     scrubbed metadata carrying only the pseudonymous user id, and — when the server logged
+     them — the model's exact tokens with every frame of a PII echo blanked (NO_TOKEN);
   2. a privacy ledger entry naming every object version about to be deleted and every redaction;
   3. deletes: EVERY version of every raw object (user audio, the stereo original, the raw
-     metadata with the serving side's user id, the model text that may echo PII) and of the
+     metadata with the serving side's user id, the model text that may echo PII, the user's
+     audio codes and the unblanked model tokens) and of the
      quarantined unredacted transcript;
   4. the completion marker.
 A rerun after a crash in 1–2 redoes the outputs (deterministically), after 2–3 finds the ledger
@@ -26,6 +28,10 @@ from components.common.stagekit import StageRun, iter_items, load_manifest, run_
 from components.common.storage import ObjectStore
 from components.contract import (
     MODEL_SAMPLE_RATE,
+    MODEL_TOKENS_METADATA,
+    MODEL_TOKENS_OBJECT,
+    NO_TOKEN,
+    ModelTokens,
     Keys,
     ObjectRef,
     PrivacyLedgerEntry,
@@ -38,6 +44,22 @@ from components.contract import (
 from components.scrub.pii import redact_words
 
 STAGE = "scrub"
+
+
+def blank_token_frames(tokens: ModelTokens, spans: list[tuple[float, float]]) -> int:
+    """Write NO_TOKEN over every frame a redacted span touches, in the text stream and the
+    model's audio codes; returns the number of frames blanked. The frame holding a word's first
+    token is floor(start * fr) (the interleaving rule), its end frame is ceil(end * fr); one frame
+    of margin on each side covers the end-of-padding marker and token overflow."""
+    blanked = 0
+    for start, end in spans:
+        lo = max(0, int(start * tokens.frame_rate) - 1)
+        hi = min(tokens.frames, int(-(-end * tokens.frame_rate // 1)) + 1)
+        if hi > lo:
+            blanked += int((tokens.text[lo:hi] != NO_TOKEN).sum())
+            tokens.text[lo:hi] = NO_TOKEN
+            tokens.model_codes[:, lo:hi] = NO_TOKEN
+    return blanked
 
 
 def _redact(words: list[WordStamp], side: str) -> tuple[list[WordStamp], list[RedactionSpan]]:
@@ -91,6 +113,14 @@ def scrub(cfg: Config, transcribe_manifest_id: str) -> StageRun:
                                          encode_wav(audio, MODEL_SAMPLE_RATE),
                                          content_type="audio/wav")),
         }
+        if MODEL_TOKENS_OBJECT in src.objects:
+            ref = src.objects[MODEL_TOKENS_OBJECT]
+            tokens = ModelTokens.from_bytes(store.get_bytes(ref.key, version_id=ref.version_id))
+            blank_token_frames(tokens, [(s.start - pad, s.end + pad) for s in model_spans])
+            key = Keys.conversation_tokens(src.conversation_id)
+            refs["model_tokens"] = ObjectRef(key=key, version_id=store.put_bytes(
+                key, tokens.to_bytes(), content_type="application/octet-stream",
+                metadata=dict(MODEL_TOKENS_METADATA)))
         metadata = {"conversation_id": src.conversation_id, "user_pseudonym": src.user_pseudonym,
                     "model_version": src.model_version, "started_at": src.started_at.isoformat(),
                     "duration_s": src.duration_s, "sample_rate": MODEL_SAMPLE_RATE,
@@ -105,10 +135,12 @@ def scrub(cfg: Config, transcribe_manifest_id: str) -> StageRun:
         ledger_key = Keys.privacy_ledger(src.conversation_id, run)
         if store.exists(ledger_key):  # crashed after the ledger entry: outputs are in place
             entry = PrivacyLedgerEntry.model_validate(store.get_json(ledger_key))
-            refs = {name: _current_ref(store, key)
-                    for name, key in (("transcript", Keys.transcript(src.conversation_id)),
-                                      ("model_audio", Keys.conversation_audio(src.conversation_id)),
-                                      ("metadata", Keys.conversation_metadata(src.conversation_id)))}
+            outputs = [("transcript", Keys.transcript(src.conversation_id)),
+                       ("model_audio", Keys.conversation_audio(src.conversation_id)),
+                       ("metadata", Keys.conversation_metadata(src.conversation_id))]
+            if MODEL_TOKENS_OBJECT in src.objects:
+                outputs.append(("model_tokens", Keys.conversation_tokens(src.conversation_id)))
+            refs = {name: _current_ref(store, key) for name, key in outputs}
             spans = entry.redactions
         else:
             refs, spans, muted = write_outputs(item)
@@ -117,8 +149,9 @@ def scrub(cfg: Config, transcribe_manifest_id: str) -> StageRun:
                                        at=datetime.now(timezone.utc),
                                        deleted=_versions_of(store, to_delete), redactions=spans,
                                        muted_model_audio_s=round(muted, 3),
-                                       note="raw user audio, raw metadata, raw model text and the "
-                                            "unredacted transcript deleted in every version")
+                                       note="raw user audio (and user codes), raw metadata, raw "
+                                            "model text and tokens, and the unredacted transcript "
+                                            "deleted in every version")
             store.put_json(ledger_key, entry.model_dump(mode="json"))
         for key in to_delete:
             store.delete_all_versions(key)
@@ -127,7 +160,7 @@ def scrub(cfg: Config, transcribe_manifest_id: str) -> StageRun:
                             model_version=src.model_version, started_at=src.started_at,
                             duration_s=src.duration_s, transcript=refs["transcript"],
                             model_audio=refs["model_audio"], metadata=refs["metadata"],
-                            redactions=dict(sorted(counts.items()))).model_dump(mode="json")
+                            model_tokens=refs.get("model_tokens"), redactions=dict(sorted(counts.items()))).model_dump(mode="json")
 
     def items() -> Iterator[tuple[str, TranscribedItem]]:
         for raw in iter_items(store, manifest):

@@ -56,7 +56,8 @@ def put_conversation(store: ObjectStore, batch: str, cid: str, *, rate: int = 24
         objects["model.wav"] = (encode_wav(model, rate), None)
         objects["user.wav"] = (encode_wav(user_audio, rate), USER_AUDIO_META)
     for name, data in (raw_objects or {}).items():
-        objects[name] = (data, USER_AUDIO_META if name in ("audio.wav", "user.wav") else None)
+        objects[name] = (data, USER_AUDIO_META if name in ("audio.wav", "user.wav", "user_codes.npz")
+                         else None)
     for name, (data, meta_headers) in objects.items():
         if name not in skip:
             store.put_bytes(prefix + name, data, metadata=meta_headers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import tracemalloc
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from components.common.audio import encode_wav
 from components.common.stagekit import iter_items, iter_rejects
-from components.contract import IngestedItem
+from components.contract import IngestedItem, ModelTokens
 from components.ingest.logic import ingest, seal_raw_batch
 from tests.support.stage import grant
 from tests.support.conversations import put_conversation, tone, truncated, wav_header, write_long_wav
@@ -19,6 +20,15 @@ pytestmark = pytest.mark.integration
 
 def _rejects(store, manifest) -> dict[str, str]:
     return {r.item.split("~")[-1]: r.code for r in iter_rejects(store, manifest)}
+
+
+def _token_logs(frames: int) -> dict[str, bytes]:
+    """A Moshi server's per-frame logs: the model's tokens and the user's codes."""
+    logged = ModelTokens(np.full(frames, 3), np.zeros((4, frames)), frame_rate=12.5,
+                         tokenizer_hash="spm-t", codec_hash="mimi-t", model_version="m/1")
+    codes = io.BytesIO()
+    np.savez(codes, codes=np.zeros((4, frames), np.int32))
+    return {"model_tokens.npz": logged.to_bytes(), "user_codes.npz": codes.getvalue()}
 
 
 def test_good_conversations_pass_and_bad_ones_get_a_reason_each(stage_cfg, stage_store):
@@ -38,13 +48,16 @@ def test_good_conversations_pass_and_bad_ones_get_a_reason_each(stage_cfg, stage
     put_conversation(s, "b1", "missing-field", meta_override={"model_version": ""})
     put_conversation(s, "b1", "words-past-end", words=[("late", 30.0, 30.5)])
     put_conversation(s, "b1", "no-consent", user="user-without-consent")
+    put_conversation(s, "b1", "good-with-tokens", raw_objects=_token_logs(25))  # 2 s at 12.5 Hz
+    put_conversation(s, "b1", "tokens-too-short", raw_objects=_token_logs(8))
+    put_conversation(s, "b1", "tokens-garbage", raw_objects={"model_tokens.npz": b"not a zip"})
     put_conversation(s, "b2", "good-stereo")  # duplicate conversation id in another folder
     manifest_id = seal_raw_batch(s, "raw/")
 
     result = ingest(stage_cfg, manifest_id)
     m = result.manifest
     ingested = {IngestedItem.model_validate(i).conversation_id for i in iter_items(s, m)}
-    assert ingested == {"good-stereo", "good-separate-44k"}
+    assert ingested == {"good-stereo", "good-separate-44k", "good-with-tokens"}
     assert _rejects(s, m) == {
         "rate-odd": "unsupported-rate",
         "truncated": "truncated-audio",
@@ -57,9 +70,11 @@ def test_good_conversations_pass_and_bad_ones_get_a_reason_each(stage_cfg, stage
         "missing-field": "bad-metadata",
         "words-past-end": "bad-alignments",
         "no-consent": "no-consent",
+        "tokens-too-short": "bad-tokens",
+        "tokens-garbage": "bad-tokens",
         "good-stereo": "duplicate",
     }
-    assert m.counts["items"] + m.counts["rejected"] == 14  # nothing lost, nothing doubled
+    assert m.counts["items"] + m.counts["rejected"] == 17  # nothing lost, nothing doubled
     # No consent: every version of every raw object is gone.
     assert not list(s.list_versions("raw/b1/no-consent/"))
     report = s.get_json(f"reports/ingest/{m.manifest_id}/rejects.json")
