@@ -7,6 +7,7 @@ They are the only code besides the simulator that reads the ground-truth bucket.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -74,6 +75,30 @@ def _texts(store: ObjectStore, roots: list[Path]) -> Iterator[tuple[str, str]]:
             yield str(path), _searchable(path.read_bytes())
 
 
+def _token_texts(store: ObjectStore, cfg: Config | None) -> Iterator[tuple[str, str]]:
+    """The text streams of logged model tokens (every version), decoded with the tokenizer they
+    were made with: an echoed name in the model's inner monologue is PII even as token ids."""
+    if cfg is None:
+        return
+    from components.contract import MODEL_TOKENS_OBJECT, NO_TOKEN, ModelTokens
+
+    tokenizer = None
+    for version in store.list_versions(""):
+        if version.is_delete_marker or not version.key.endswith(MODEL_TOKENS_OBJECT):
+            continue
+        tokens = ModelTokens.from_bytes(store.get_bytes(version.key, version_id=version.version_id))
+        if tokenizer is None:
+            from components.streams.tokenizer import load_tokenizer
+
+            tokenizer = load_tokenizer(cfg)
+        if tokens.tokenizer_hash != tokenizer.hash:
+            yield (f"s3://{store.bucket}/{version.key}@{version.version_id}",
+                   f"[tokens made with tokenizer {tokens.tokenizer_hash}: not decodable here]")
+            continue
+        ids = [int(t) for t in tokens.text if t != NO_TOKEN]
+        yield f"s3://{store.bucket}/{version.key}@{version.version_id}", tokenizer.decode(ids)
+
+
 def _strings(node: object) -> Iterator[str]:
     if isinstance(node, str):
         yield node
@@ -99,12 +124,16 @@ def _searchable(data: bytes) -> str:
     return text + "\n" + "\n".join(joined)
 
 
-def count_pii(store: ObjectStore, roots: list[Path], planted: list[tuple[str, str]]) -> tuple[int, list[str]]:
-    """Planted PII values (type, written value) found in any stored text, after normalising
-    digits, spoken numbers and spelled-out emails (components.scrub.pii.pii_occurs)."""
+def count_pii(store: ObjectStore, roots: list[Path], planted: list[tuple[str, str]],
+              cfg: Config | None = None) -> tuple[int, list[str]]:
+    """Planted PII values (type, written value) found in any stored text — and, given the
+    config, in the decoded text streams of logged model tokens — after normalising digits,
+    spoken numbers and spelled-out emails (components.scrub.pii.pii_occurs)."""
     found: list[str] = []
     wanted = [(kind, normalise_for_pii_search(value)) for kind, value in planted]
-    for where, text in _texts(store, roots):
+    if not wanted:
+        return 0, found
+    for where, text in itertools.chain(_texts(store, roots), _token_texts(store, cfg)):
         norm = normalise_for_pii_search(text)
         for kind, value in wanted:
             if occurs_in_normalised(value, norm):
@@ -138,5 +167,5 @@ def audit_run(cfg: Config, conversation_ids: list[str] | None = None) -> AuditRe
     roots = [Path(cfg.pipeline.pipeline_root), state / "kfp-workspace", state / "logs"]
     audio_left, audio_where = count_user_audio(store, roots)
     ids = conversation_ids if conversation_ids is not None else logged_conversation_ids(store)
-    pii_left, pii_where = count_pii(store, roots, planted_pii(cfg, ids))
+    pii_left, pii_where = count_pii(store, roots, planted_pii(cfg, ids), cfg)
     return AuditResult(audio_left, pii_left, audio_where + pii_where)
