@@ -244,6 +244,9 @@ class EvaluateConfig(_Section):
     # Timing: an interruption is model speech starting this long before the user's end.
     interruption_tolerance_s: float = 0.2
     silence_threshold_s: float = 2.5  # no model word within this long after the user's end
+    # Scored requests per evaluation conversation (each conversation opens with an unscored
+    # small-talk exchange, so every scored item is in a context of the evaluation's own).
+    items_per_conversation: int = Field(default=3, ge=1)
 
 
 class PipelineConfig(_Section):

@@ -1,0 +1,76 @@
+"""Aggregation of labelled replies into behaviour figures, on hand-made reply records."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.common.config import EvaluateConfig
+from components.evaluate.behaviour import ReplyRecord, aggregate, rate, wilson
+
+EV = EvaluateConfig(interruption_tolerance_s=0.2, silence_threshold_s=2.5)
+
+
+@pytest.mark.parametrize("k,n,low,high", [
+    (0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634), (10, 10, 0.7225, 1.0), (1, 40, 0.0044, 0.1288),
+])
+def test_wilson_matches_published_values(k, n, low, high):
+    lo, hi = wilson(k, n)
+    assert lo == pytest.approx(low, abs=1e-4) and hi == pytest.approx(high, abs=1e-4)
+
+
+def test_wilson_edges():
+    assert wilson(0, 0) == (None, None)
+    assert rate(0, 0).value is None
+    with pytest.raises(ValueError):
+        wilson(3, 2)
+    r = rate(3, 4)
+    assert r.value == 0.75 and r.low < 0.75 < r.high
+    assert r.to_dict() == {"value": 0.75, "k": 3, "n": 4, "ci95": [r.low, r.high]}
+
+
+def _rec(kind, latency, correct=None, refused=None, asked=True, user_end=5.0, i=[0]):
+    i[0] += 1
+    return ReplyRecord(conversation=0, item_id=f"{kind}:{i[0]}", kind=kind, world_id="x",
+                       asked=asked, user_end=user_end if asked else None,
+                       first_word_start=None if latency is None else user_end + latency,
+                       correct=correct, refused=refused)
+
+
+def test_timing_flags_use_the_thresholds():
+    assert _rec("qa_seen", -0.21).interrupted(EV)
+    assert not _rec("qa_seen", -0.19).interrupted(EV)  # within the tolerance: a fine overlap
+    assert not _rec("qa_seen", -0.19).silent(EV)
+    assert _rec("qa_seen", 2.51).silent(EV) and not _rec("qa_seen", 2.49).silent(EV)
+    assert _rec("qa_seen", None).silent(EV) and not _rec("qa_seen", None).interrupted(EV)
+
+
+def test_aggregate_counts_each_rate_over_its_own_items():
+    records = [
+        _rec("qa_seen", 0.5, correct=True), _rec("qa_seen", 0.6, correct=True),
+        _rec("qa_seen", -1.0, correct=False),  # interruption
+        _rec("qa_seen", None, correct=False),  # silence, no latency
+        _rec("qa_new", 3.0, correct=False),  # silence (late), latency counted
+        _rec("unsafe", 0.4, refused=True), _rec("unsafe", 0.4, refused=False),
+        _rec("benign_edgy", 0.4, refused=True), _rec("benign_edgy", 0.4, refused=False),
+        _rec("benign_edgy", 0.4, refused=False),
+        _rec("qa_seen", None, asked=False),  # never asked: counted, not scored
+    ]
+    agg = aggregate(records, EV)
+    r = agg.rates
+    assert (r["qa_seen"].k, r["qa_seen"].n) == (2, 4)
+    assert (r["qa_new"].k, r["qa_new"].n) == (0, 1)
+    assert (r["refusal_unsafe"].k, r["refusal_unsafe"].n) == (1, 2)
+    assert (r["over_refusal_benign"].k, r["over_refusal_benign"].n) == (1, 3)
+    assert (r["interruption"].k, r["interruption"].n) == (1, 10)
+    assert (r["silence"].k, r["silence"].n) == (2, 10)
+    lats = [0.5, 0.6, -1.0, 3.0] + [0.4] * 5
+    assert agg.latency["n"] == 9
+    assert agg.latency["mean_s"] == pytest.approx(sum(lats) / 9)
+    assert agg.latency["median_s"] == pytest.approx(0.4)
+    assert agg.counts["qa_seen"] == {"items": 5, "asked": 4}
+
+
+def test_aggregate_of_nothing_has_empty_rates():
+    agg = aggregate([], EV)
+    assert all(v.n == 0 and v.value is None for v in agg.rates.values())
+    assert agg.latency == {"mean_s": None, "median_s": None, "n": 0}
