@@ -161,7 +161,7 @@ class StreamsConfig(_Section):
     the Mimi safetensors)."""
 
     tokenizer_source: str = "embedded"
-    tokenizer_vocab_size: int = Field(default=1000, ge=64)  # embedded tokenizer only
+    tokenizer_vocab_size: int = Field(default=1000, ge=128)  # embedded only (the world has 94 chars)
     codec_source: str = "embedded"
     # A Mimi config JSON (path or S3) for a production codec; empty = moshi's default Mimi config.
     codec_config: str = ""

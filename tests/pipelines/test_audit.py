@@ -48,3 +48,24 @@ def test_redacted_text_and_other_files_are_clean(stage_store, tmp_path):
     assert count_pii(stage_store, [tmp_path], PLANTED) == (0, [])
     (tmp_path / "log.txt").write_text("user said 415 555 0142")
     assert count_pii(stage_store, [tmp_path], PLANTED)[0] == 1
+
+
+def test_pii_in_the_models_logged_text_stream_is_found(stage_cfg, stage_store, tmp_path):
+    """Token ids are text too: an echoed name in a logged model_tokens.npz is decoded and found."""
+    import numpy as np
+
+    from components.contract import ModelTokens, WordStamp
+    from components.streams.interleave import text_stream
+    from components.streams.tokenizer import load_tokenizer
+
+    stage_cfg.streams.cache_dir = str(tmp_path / "streams")
+    tok = load_tokenizer(stage_cfg)
+    words = [WordStamp(word=w, start=0.4 * i, end=0.4 * i + 0.3)
+             for i, w in enumerate("Thanks, Maria Lopez, noted.".split())]
+    text = text_stream(words, tok, 40)
+    logged = ModelTokens(text, np.zeros((4, 40)), frame_rate=12.5, tokenizer_hash=tok.hash,
+                         codec_hash="mimi-t", model_version="m/1")
+    stage_store.put_bytes("conversations/c/model_tokens.npz", logged.to_bytes())
+    count, where = count_pii(stage_store, [tmp_path / "none"], PLANTED, stage_cfg)
+    assert count == 1 and "model_tokens.npz" in where[0], where
+    assert count_pii(stage_store, [tmp_path / "none"], PLANTED)[0] == 0  # without the config
