@@ -1,0 +1,38 @@
+"""Helpers of the model tests (plain functions; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_TORCH_COMPILE", "1")
+
+import copy
+
+import torch
+from moshi.models import loaders
+
+from components.streams.interleave import StreamLayout
+
+
+def small_mimi_config(levels: int) -> dict:
+    """A few-thousand-parameter Mimi with `levels` quantizer levels of 256 codes."""
+    cfg = copy.deepcopy(loaders._mimi_config)
+    cfg["seanet"].update(dimension=32, n_filters=4)
+    cfg["quantizer"].update(dimension=16, n_q=levels, bins=256, input_dimension=32,
+                            output_dimension=32)
+    cfg["transformer"].update(d_model=32, num_heads=2, num_layers=1, dim_feedforward=64,
+                              input_dimension=32, output_dimensions=[32], context=12)
+    return cfg
+
+
+def random_codes(lm, batch: int, frames: int, seed: int) -> torch.Tensor:
+    """Random [B, 1 + 2q, T] codes: text ids < text_card, audio codes < card."""
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, lm.card, (batch, lm.num_codebooks, frames), generator=g)
+    codes[:, 0] = torch.randint(0, lm.text_card, (batch, frames), generator=g)
+    return codes
+
+
+def Layout(num_codebooks: int, text_card: int = 1000, card: int = 256) -> StreamLayout:
+    """The stream layout of the tests: the embedded tokenizer's 1000 ids, 256 codes per level."""
+    return StreamLayout(num_codebooks=num_codebooks, text_card=text_card, card=card)
