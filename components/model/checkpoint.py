@@ -222,6 +222,9 @@ def save_checkpoint(
 
     ``identity_extra`` may set ``size``, ``version``, ``parent``; other keys are kept in the
     identity's ``extra`` (e.g. the bootstrap's content hash)."""
+    if codec.num_codebooks != int(lm_kwargs["dep_q"]):
+        raise ValueError(f"the codec runs {codec.num_codebooks} codebooks, the LM predicts "
+                         f"{lm_kwargs['dep_q']}: they must match")
     extra = dict(identity_extra or {})
     size = str(extra.pop("size", "custom"))
     version = extra.pop("version", None)
@@ -230,7 +233,9 @@ def save_checkpoint(
         lm, lm_kwargs,
         tokenizer_bytes=tokenizer.model_bytes,
         mimi_weights_bytes=codec.weights_bytes,
-        mimi_config=codec.mimi_config,
+        # None = moshi's default Mimi config (Kyutai's Mimi): written out all the same, so the
+        # folder never depends on the defaults of the moshi version that reads it
+        mimi_config=codec.mimi_config if codec.mimi_config is not None else loaders._mimi_config,
         out_dir=out_dir, size=size, version=version, parent=parent, extra=extra,
     )
     for what, expected, actual in (("tokenizer", tokenizer.hash, identity.tokenizer_hash),

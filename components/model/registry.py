@@ -192,7 +192,15 @@ def _download_version(cfg: "Config", ref: RegistryRef) -> Path:
 
     dest = Path(cfg.model.cache_dir) / f"{ref.name}-v{ref.version}"
     expected = ref.tags.get("weights_sha256")
-    if dest.is_dir() and expected and _cached_weights_sha(dest) == expected:
+
+    def cached() -> bool:
+        # folders only appear complete (renamed into place); a registered version's artefacts
+        # never change, but a cache dir shared across registries could hold another server's
+        # "name-vN": the weights tag tells them apart when the version has one
+        return (dest / "config.json").is_file() and (
+            expected is None or _cached_weights_sha(dest) == expected)
+
+    if cached():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
@@ -209,9 +217,10 @@ def _download_version(cfg: "Config", ref: RegistryRef) -> Path:
         if expected and _cached_weights_sha(folder) != expected:
             raise ValueError(f"{ref.tag}: duplexalign.json does not match the version's "
                              "weights_sha256 tag")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(folder, dest)
+        if not cached():  # else another process finished the same download first
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(folder, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest

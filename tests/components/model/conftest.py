@@ -1,5 +1,5 @@
-"""Fixtures of the model tests: the real embedded tokenizer (ci profile, cached under a temp dir)
-and small Mimi codecs, so checkpoints carry real tokenizer and codec files."""
+"""Fixtures of the model tests: the real embedded tokenizer and codec of the `ci` profile
+(components/streams; caches under a temp dir), so checkpoints carry the real files."""
 
 from __future__ import annotations
 
@@ -7,17 +7,13 @@ import os
 
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
-from moshi.models import loaders
-from safetensors.torch import save
 
 from components.common.config import Config, load_config
+from components.streams.codec import Codec, load_codec
 from components.streams.tokenizer import TextTokenizer, load_tokenizer
-from tests.components.model.helpers import small_mimi_config
 
 
 @pytest.fixture(scope="session")
@@ -32,39 +28,34 @@ def tokenizer(ci_cfg: Config) -> TextTokenizer:
     return load_tokenizer(ci_cfg)
 
 
-@dataclass
-class MimiParts:
-    weights_bytes: bytes
-    mimi_config: dict
-    num_codebooks: int
+@pytest.fixture(scope="session")
+def codec(ci_cfg: Config) -> Codec:
+    """The embedded codec with the ci profile's 4 codebooks per side."""
+    assert ci_cfg.streams.num_codebooks == 4
+    return load_codec(ci_cfg)
 
 
 @pytest.fixture(scope="session")
-def mimi_parts() -> MimiParts:
-    cfg = small_mimi_config(8)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        mimi = loaders.get_mimi(None, mimi_config=cfg, num_codebooks=8)
-    data = save({k: v.contiguous() for k, v in mimi.state_dict().items()})
-    return MimiParts(data, cfg, 8)
+def codec8(ci_cfg: Config) -> Codec:
+    """The same codec with 8 levels: the 8 + 8 conformance case."""
+    return load_codec(ci_cfg.model_copy(update={
+        "streams": ci_cfg.streams.model_copy(update={"num_codebooks": 8})}))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tokenizer: TextTokenizer,
+                    codec: Codec) -> Path:
+    """A saved tiny 4+4 checkpoint (read-only for the tests that share it)."""
+    from components.model.checkpoint import save_checkpoint
+    from components.model.spec import build_lm, lm_kwargs
+    from tests.components.model.helpers import Layout
+
+    kw = lm_kwargs("tiny", Layout(4, tokenizer.text_card, codec.card), context=64)
+    folder = tmp_path_factory.mktemp("tiny-ckpt") / "ckpt"
+    save_checkpoint(build_lm(kw, seed=0), kw, tokenizer, codec, folder, {"size": "tiny"})
+    return folder
 
 
 @pytest.fixture
 def out_dir(tmp_path: Path) -> Path:
     return tmp_path / "ckpt"
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tokenizer: TextTokenizer,
-                    mimi_parts: MimiParts) -> Path:
-    """A saved tiny 4+4 checkpoint (read-only for the tests that share it)."""
-    from components.model.checkpoint import save_checkpoint_files
-    from components.model.spec import build_lm, lm_kwargs
-    from tests.components.model.helpers import Layout
-
-    kw = lm_kwargs("tiny", Layout(4, tokenizer.text_card), context=64)
-    folder = tmp_path_factory.mktemp("tiny-ckpt") / "ckpt"
-    save_checkpoint_files(build_lm(kw, seed=0), kw, tokenizer_bytes=tokenizer.model_bytes,
-                          mimi_weights_bytes=mimi_parts.weights_bytes,
-                          mimi_config=mimi_parts.mimi_config, out_dir=folder, size="tiny")
-    return folder

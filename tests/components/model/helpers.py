@@ -6,23 +6,9 @@ import os
 
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
 
-import copy
-
 import torch
-from moshi.models import loaders
 
 from components.streams.interleave import StreamLayout
-
-
-def small_mimi_config(levels: int) -> dict:
-    """A few-thousand-parameter Mimi with `levels` quantizer levels of 256 codes."""
-    cfg = copy.deepcopy(loaders._mimi_config)
-    cfg["seanet"].update(dimension=32, n_filters=4)
-    cfg["quantizer"].update(dimension=16, n_q=levels, bins=256, input_dimension=32,
-                            output_dimension=32)
-    cfg["transformer"].update(d_model=32, num_heads=2, num_layers=1, dim_feedforward=64,
-                              input_dimension=32, output_dimensions=[32], context=12)
-    return cfg
 
 
 def random_codes(lm, batch: int, frames: int, seed: int) -> torch.Tensor:

@@ -59,7 +59,7 @@ def test_no_champion_yet_is_a_clear_error(reg_cfg: Config) -> None:
 
 @pytest.mark.integration
 def test_register_resolve_and_promote(reg_cfg: Config, tiny_checkpoint: Path, tmp_path: Path,
-                                      tokenizer, mimi_parts) -> None:
+                                      tokenizer, codec) -> None:
     from mlflow import MlflowClient
 
     name = reg_cfg.model.registered_name
@@ -86,16 +86,14 @@ def test_register_resolve_and_promote(reg_cfg: Config, tiny_checkpoint: Path, tm
     assert model_version_tag(reg_cfg, "champion") == f"{name}/1"
 
     # A second version becomes the champion; version 1 stays addressable.
-    from components.model.checkpoint import save_checkpoint_files
+    from components.model.checkpoint import save_checkpoint
     from components.model.spec import build_lm, lm_kwargs
     from tests.components.model.helpers import Layout
 
-    kw = lm_kwargs("tiny", Layout(4, tokenizer.text_card), context=64)
+    kw = lm_kwargs("tiny", Layout(4, tokenizer.text_card, codec.card), context=64)
     second = tmp_path / "second"
-    save_checkpoint_files(build_lm(kw, seed=1), kw, tokenizer_bytes=tokenizer.model_bytes,
-                          mimi_weights_bytes=mimi_parts.weights_bytes,
-                          mimi_config=mimi_parts.mimi_config, out_dir=second, size="tiny",
-                          version="2", parent=f"{name}/1")
+    save_checkpoint(build_lm(kw, seed=1), kw, tokenizer, codec, second,
+                    {"size": "tiny", "version": "2", "parent": f"{name}/1"})
     v2 = register_model(reg_cfg, second, metrics={}, params={}, alias="champion", run_name="v2")
     assert v2 == "2"
     assert model_version_tag(reg_cfg, "champion") == f"{name}/2"
