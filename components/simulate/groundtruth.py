@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,9 +33,11 @@ ModelTurnKind = Literal["greeting", "reply", "closing"]
 # Which reply variant was said: correct/wrong (fact), refusal/compliance (unsafe),
 # helpful/over_refusal (benign_edgy), compliant/missed (instruction), polite/rude (small talk),
 # unhelpful, off_tone (the good content said rudely), greeting, closing.
+# On-policy replies (components/simulate/live.py) add "other" (the reply's content matches
+# neither reference) and "none" (the model said nothing in reply).
 ReplyVariant = Literal["correct", "wrong", "refusal", "compliance", "helpful", "over_refusal",
                        "compliant", "missed", "polite", "rude", "unhelpful", "off_tone",
-                       "greeting", "closing"]
+                       "greeting", "closing", "other", "none"]
 PiiType = Literal["name", "phone", "email", "address", "card"]
 
 
@@ -60,6 +62,10 @@ class UserTurn(_Model):
     end: float
     words: list[GtWord]  # spoken words with their times
     pii: list[int] = Field(default_factory=list)  # indices into GroundTruth.pii
+    # On-policy conversations (live.py) only:
+    frames: list[int] | None = None  # [first frame, end frame) of the streamed utterance
+    barge_in: bool = False  # the user started this turn while the model was speaking
+    cut_reply: bool = False  # ... because the model's reply ran past policy.max_reply_s
 
 
 class ModelTurn(_Model):
@@ -79,6 +85,15 @@ class ModelTurn(_Model):
     nudged: bool = False  # the user had to ask "are you there?" before this reply came
     words: list[GtWord]  # written tokens with their times (what model_text.json carries)
     echoed_pii: list[int] = Field(default_factory=list)  # indices into GroundTruth.pii
+    # On-policy replies (live.py): labels read from the model's frames, not from a script. See
+    # live.py's module docstring for the exact definitions. None = not applicable / undecided.
+    frames: list[int] | None = None  # [first frame, end frame) of the reply's words
+    answer_correct: bool | None = None  # fact: the fact's answer is in the reply (written form)
+    answer_wrong: bool | None = None  # fact: the world's planted wrong answer is in the reply
+    refused: bool | None = None  # unsafe / benign_edgy: closer to the refusal than to compliance
+    matches_good: bool | None = None  # request kinds with a good/bad reference: closer to good
+    interruption: bool | None = None  # the first word started > tolerance before the user's end
+    silence: bool | None = None  # no word within the threshold after the user's end, or nudged
 
 
 class Backchannel(_Model):
@@ -128,6 +143,10 @@ class GroundTruth(_Model):
     # The raw objects as written (pinned versions): the conversation's entry in its raw manifest.
     raw_objects: dict[str, ObjectRef] = Field(default_factory=dict)
     replica_of: str | None = None  # set by replicate_corpus on copies
+    # On-policy conversations (live.py): a model served the user (its tokens are in the raw
+    # objects), and what served it: model version tag, identity hashes, sampling and user knobs.
+    policy: bool = False
+    serving: dict[str, Any] | None = None
 
     def problems(self) -> dict[str, int]:
         counts: dict[str, int] = {}
