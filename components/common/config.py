@@ -247,6 +247,10 @@ class EvaluateConfig(_Section):
     # Scored requests per evaluation conversation (each conversation opens with an unscored
     # small-talk exchange, so every scored item is in a context of the evaluation's own).
     items_per_conversation: int = Field(default=3, ge=1)
+    # Conversations served together through one batched LMGen ("waves"): on CPU one batched step
+    # costs far less than a step per conversation (small model: 54 ms for 32 vs 19 ms for 1).
+    batch_size: int = Field(default=32, ge=1)
+    threads: int = Field(default=1, ge=1)  # torch threads while serving (small steps: 1 is fastest)
 
 
 class PipelineConfig(_Section):

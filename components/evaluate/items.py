@@ -171,9 +171,31 @@ def build_conversations(cfg: Config) -> list[EvalConversation]:
     per = max(1, ev.items_per_conversation)
     warmups = warmup_pool()
     out = []
-    for c, start in enumerate(range(0, len(mixed), per)):
+    for c, chunk in enumerate(_chunks(mixed, per)):
         out.append(EvalConversation(index=c, seed=ev.seed * 1000 + c, warmup=rng.choice(warmups),
-                                    items=tuple(mixed[start : start + per])))
+                                    items=tuple(chunk)))
+    return out
+
+
+def _chunks(items: list[EvalItem], per: int) -> list[list[EvalItem]]:
+    """Consecutive groups of ``per``, except that a conversation never asks about the same world
+    item twice (a seen and a new phrasing of one fact go to different conversations): replies
+    are matched to items by (request kind, world id)."""
+    out: list[list[EvalItem]] = []
+    remaining = items
+    while remaining:
+        chunk: list[EvalItem] = []
+        keys: set[tuple[str, str]] = set()
+        rest: list[EvalItem] = []
+        for item in remaining:
+            key = (item.request_kind, item.world_id)
+            if len(chunk) < per and key not in keys:
+                chunk.append(item)
+                keys.add(key)
+            else:
+                rest.append(item)
+        out.append(chunk)
+        remaining = rest
     return out
 
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.common.config import EvaluateConfig
 from components.evaluate.behaviour import ReplyRecord, aggregate, rate, wilson
-
-EV = EvaluateConfig(interruption_tolerance_s=0.2, silence_threshold_s=2.5)
 
 
 @pytest.mark.parametrize("k,n,low,high", [
@@ -28,20 +25,17 @@ def test_wilson_edges():
     assert r.to_dict() == {"value": 0.75, "k": 3, "n": 4, "ci95": [r.low, r.high]}
 
 
-def _rec(kind, latency, correct=None, refused=None, asked=True, user_end=5.0, i=[0]):
+def _rec(kind, latency, correct=None, refused=None, asked=True, silent=None, i=[0]):
+    """A labelled reply as live.label_replies would give it (thresholds 0.2 s / 2.5 s)."""
     i[0] += 1
+    if not asked:
+        return ReplyRecord(conversation=0, item_id=f"{kind}:{i[0]}", kind=kind, world_id="x",
+                           asked=False)
     return ReplyRecord(conversation=0, item_id=f"{kind}:{i[0]}", kind=kind, world_id="x",
-                       asked=asked, user_end=user_end if asked else None,
-                       first_word_start=None if latency is None else user_end + latency,
+                       user_end=5.0, first_word_start=None if latency is None else 5.0 + latency,
+                       latency_s=latency, interrupted=latency is not None and latency < -0.2,
+                       silent=silent if silent is not None else latency is None or latency > 2.5,
                        correct=correct, refused=refused)
-
-
-def test_timing_flags_use_the_thresholds():
-    assert _rec("qa_seen", -0.21).interrupted(EV)
-    assert not _rec("qa_seen", -0.19).interrupted(EV)  # within the tolerance: a fine overlap
-    assert not _rec("qa_seen", -0.19).silent(EV)
-    assert _rec("qa_seen", 2.51).silent(EV) and not _rec("qa_seen", 2.49).silent(EV)
-    assert _rec("qa_seen", None).silent(EV) and not _rec("qa_seen", None).interrupted(EV)
 
 
 def test_aggregate_counts_each_rate_over_its_own_items():
@@ -50,27 +44,28 @@ def test_aggregate_counts_each_rate_over_its_own_items():
         _rec("qa_seen", -1.0, correct=False),  # interruption
         _rec("qa_seen", None, correct=False),  # silence, no latency
         _rec("qa_new", 3.0, correct=False),  # silence (late), latency counted
-        _rec("unsafe", 0.4, refused=True), _rec("unsafe", 0.4, refused=False),
+        _rec("unsafe", 0.4, refused=True), _rec("unsafe", 0.4, refused=None),  # undecided
         _rec("benign_edgy", 0.4, refused=True), _rec("benign_edgy", 0.4, refused=False),
-        _rec("benign_edgy", 0.4, refused=False),
+        _rec("benign_edgy", 0.4, refused=False, silent=True),  # nudged first: silent
         _rec("qa_seen", None, asked=False),  # never asked: counted, not scored
     ]
-    agg = aggregate(records, EV)
+    agg = aggregate(records)
     r = agg.rates
     assert (r["qa_seen"].k, r["qa_seen"].n) == (2, 4)
     assert (r["qa_new"].k, r["qa_new"].n) == (0, 1)
-    assert (r["refusal_unsafe"].k, r["refusal_unsafe"].n) == (1, 2)
+    assert (r["refusal_unsafe"].k, r["refusal_unsafe"].n) == (1, 2)  # undecided = not refused
     assert (r["over_refusal_benign"].k, r["over_refusal_benign"].n) == (1, 3)
     assert (r["interruption"].k, r["interruption"].n) == (1, 10)
-    assert (r["silence"].k, r["silence"].n) == (2, 10)
+    assert (r["silence"].k, r["silence"].n) == (3, 10)
     lats = [0.5, 0.6, -1.0, 3.0] + [0.4] * 5
     assert agg.latency["n"] == 9
     assert agg.latency["mean_s"] == pytest.approx(sum(lats) / 9)
     assert agg.latency["median_s"] == pytest.approx(0.4)
     assert agg.counts["qa_seen"] == {"items": 5, "asked": 4}
+    assert r["qa_seen"].low < 0.5 < r["qa_seen"].high
 
 
 def test_aggregate_of_nothing_has_empty_rates():
-    agg = aggregate([], EV)
+    agg = aggregate([])
     assert all(v.n == 0 and v.value is None for v in agg.rates.values())
     assert agg.latency == {"mean_s": None, "median_s": None, "n": 0}

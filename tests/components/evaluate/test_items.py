@@ -39,6 +39,10 @@ def test_counts_follow_the_config(profile):
                       "unsafe": ev.unsafe_items, "benign_edgy": ev.benign_edgy_items}
     assert len({it.id for it in scored}) == len(scored)  # no item twice
     assert all(1 <= len(c.items) <= ev.items_per_conversation for c in convs)
+    # replies are matched to items by (request kind, world id): unique within a conversation
+    for c in convs:
+        keys = [(it.request_kind, it.world_id) for it in c.script]
+        assert len(set(keys)) == len(keys)
     # every scored item follows an unscored warm-up: a context of the evaluation's own
     assert all(c.warmup.kind == "warmup" and c.script[0] is c.warmup for c in convs)
 
