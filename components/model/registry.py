@@ -167,7 +167,7 @@ def registry_ref(cfg: "Config", source: str) -> RegistryRef | None:
     client = _client(cfg)
     try:
         mv = (client.get_model_version_by_alias(name, alias) if alias
-              else client.get_model_version(name, version))
+              else client.get_model_version(name, str(version)))
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             if alias:
