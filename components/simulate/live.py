@@ -722,11 +722,31 @@ class PolicySimulationResult:
 
 def simulate_with_policy(cfg: Config, model_source: str | None = None, n: int | None = None,
                          batch: str | None = None, progress: bool = True,
-                         device: str | None = None) -> PolicySimulationResult:
+                         device: str | None = None,
+                         threads: int | None = 1) -> PolicySimulationResult:
     """Let a model serve N reactive simulated users; write them to raw/<batch>/ and seal a raw
     manifest (module docstring). `model_source` defaults to cfg.model.source ("champion"),
     `n` to cfg.simulate.conversations, `batch` to "policy-<version tag>-seed<seed>"; `device`
-    ("cpu" default, "cuda") is where the LM runs (the codec stays on CPU)."""
+    ("cpu" default, "cuda") is where the LM runs (the codec stays on CPU).
+
+    `threads`: torch intra-op threads while serving (restored afterwards; None = leave as is).
+    One frame is a handful of tiny matmuls, so on CPU one thread beats two: measured on the
+    2-core machine, 7.5 vs 50+ ms/frame for the tiny model (thread hand-off costs more than it
+    saves, and much more when the cores are shared)."""
+    import torch
+
+    saved_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _simulate_with_policy(cfg, model_source, n, batch, progress, device)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _simulate_with_policy(cfg: Config, model_source: str | None, n: int | None,
+                          batch: str | None, progress: bool,
+                          device: str | None) -> PolicySimulationResult:
     import torch
 
     from components.common.consent import ConsentRegistry

@@ -296,6 +296,24 @@ def test_rerun_is_idempotent(live_cfg: Config, first_run: PolicySimulationResult
 
 
 @pytest.mark.integration
+def test_serving_again_gives_the_same_bytes(live_cfg: Config, first_run: PolicySimulationResult,
+                                            checkpoints: dict[str, Path],
+                                            stores: tuple[ObjectStore, ObjectStore]) -> None:
+    """Seeded end to end (user, noise, sampling): a conversation whose ground truth was lost is
+    served again, and every raw object comes out byte-identical (no new version is written)."""
+    data, gt_store = stores
+    victim = first_run.conversation_ids[0]
+    old_gt = gt_store.get_json(Keys.groundtruth(victim))
+    raw_versions = sum(1 for _ in data.list_versions("raw/"))
+    gt_store.delete_all_versions(Keys.groundtruth(victim))
+    again = simulate_with_policy(live_cfg, str(checkpoints["random"]), n=N, progress=False)
+    assert again.generated == 1 and again.skipped == N - 1
+    assert again.manifest_id == first_run.manifest_id
+    assert sum(1 for _ in data.list_versions("raw/")) == raw_versions
+    assert gt_store.get_json(Keys.groundtruth(victim)) == old_gt
+
+
+@pytest.mark.integration
 def test_ingest_accepts_the_consented_conversations(
         live_cfg: Config, first_run: PolicySimulationResult,
         stores: tuple[ObjectStore, ObjectStore]) -> None:
