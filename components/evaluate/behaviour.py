@@ -259,8 +259,6 @@ def evaluate_model(cfg: Any, model_source: str | None = None,
     import time
     from datetime import datetime, timezone
 
-    import torch
-
     from components.common.storage import ObjectStore
     from components.evaluate import publish
     from components.evaluate.items import build_conversations, items_fingerprint
@@ -278,18 +276,24 @@ def evaluate_model(cfg: Any, model_source: str | None = None,
     items_fp = items_fingerprint(conversations)
     store = ObjectStore.from_config(cfg.storage)
     store.ensure_bucket(versioning=True)
-    if identity is not None:
-        key = cache_key(cfg, identity, items_fp, code)
-        stored = publish.load_stored(store, tag)
-        if stored is not None and stored.get("cache_key") == key:
-            report = BehaviourReport.from_dict(stored)
-            report.cached = True
-            if progress:
-                print(f"[evaluate] {tag}: cached report {publish.report_key(tag)}",
-                      file=sys.stderr)
-            return report
 
+    def cached(identity: Any) -> BehaviourReport | None:
+        stored = publish.load_stored(store, tag)
+        if stored is None or stored.get("cache_key") != cache_key(cfg, identity, items_fp, code):
+            return None
+        report = BehaviourReport.from_dict(stored)
+        report.cached = True
+        if progress:
+            print(f"[evaluate] {tag}: cached report {publish.report_key(tag)}", file=sys.stderr)
+        return report
+
+    # duplexalign.json gives the weights' sha without loading the model; a stock checkpoint
+    # without it gets its identity computed by the loader, and is checked after loading.
+    if identity is not None and (hit := cached(identity)) is not None:
+        return hit
     model = load_checkpoint(folder, cfg)
+    if identity is None and (hit := cached(model.identity)) is not None:
+        return hit
     identity = model.identity
     key = cache_key(cfg, identity, items_fp, code)
     load_s = time.monotonic() - t0
@@ -297,6 +301,8 @@ def evaluate_model(cfg: Any, model_source: str | None = None,
         n_items = sum(len(c.items) for c in conversations)
         print(f"[evaluate] {tag}: {n_items} items in {len(conversations)} conversations "
               f"(waves of {cfg.evaluate.batch_size})", file=sys.stderr)
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.evaluate.threads)
     try:

@@ -59,6 +59,7 @@ def test_evaluate_a_tiny_random_model(eval_cfg: Config, tiny_model_dir: Path) ->
     t0 = time.monotonic()
     report = evaluate_model(eval_cfg, str(tiny_model_dir), progress=False)
     first_s = time.monotonic() - t0
+    print("\n".join(report.summary_lines()), report.seconds, report.frames)  # visible with -s
     assert not report.cached and report.model_version.startswith("path:")
     # item counts: the config's, all asked (the evaluation's time cap fits every request)
     expected = {"qa_seen": ev.qa_items, "qa_new": ev.qa_new_phrasing_items,
