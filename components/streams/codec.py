@@ -257,7 +257,8 @@ class Codec:
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """int codes [q, T] → float32 mono audio at 24 kHz, T·1920 samples (moshi's whole-sequence
-        decode; nothing downstream needs it bit-identical to the streaming decoder)."""
+        decode; nothing downstream needs it bit-identical to the streaming decoder). The embedded
+        codec's decoder is random and untrained: its output does not depend on the codes."""
         c = np.asarray(codes, dtype=np.int64)
         if c.ndim != 2 or c.shape[0] != self.num_codebooks:
             raise ValueError(f"codes must be [{self.num_codebooks}, T], got {c.shape}")
