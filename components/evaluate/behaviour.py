@@ -217,7 +217,7 @@ def code_version() -> str:
     digest = hashlib.sha256(f"report-{REPORT_VERSION}".encode())
     for name in CODE_MODULES:
         digest.update(name.encode())
-        digest.update(Path(importlib.import_module(name).__file__).read_bytes())
+        digest.update(Path(str(importlib.import_module(name).__file__)).read_bytes())
     return digest.hexdigest()[:16]
 
 

@@ -182,11 +182,11 @@ class Wave:
         with self._cond:
             self._pcm[i] = frame
             self._cond.notify_all()
-            while self._out[i] is None:
+            while (out := self._out[i]) is None:
                 if self._abort:
                     raise _Aborted("the wave stopped")
                 self._cond.wait()
-            out, self._out[i] = self._out[i], None
+            self._out[i] = None
             return out
 
     def run(self, drivers: list[Callable[[Slot], Any]],

@@ -17,14 +17,14 @@ from __future__ import annotations
 import random
 import sys
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from components.common.config import Config, PolicyConfig
 from components.evaluate.behaviour import ReplyRecord
-from components.evaluate.items import EvalConversation, EvalItem
+from components.evaluate.items import EvalConversation
 from components.simulate import live as L
 from components.simulate import world as W
 from components.simulate.textnorm import normalize, spoken_text
@@ -52,7 +52,7 @@ def script_of(conv: EvalConversation) -> list[L.ScriptRequest]:
             for item in conv.script]
 
 
-def prewarm_tts(tts: "Synthesizer", conversations: list[EvalConversation]) -> None:
+def prewarm_tts(tts: "Synthesizer | Any", conversations: list[EvalConversation]) -> None:
     """Synthesise every line the users may say, once, before the threads start: the waves then
     only read the TTS cache (and a cold cache is paid for with a visible progress line)."""
     texts = {spoken_text(normalize(i.prompt)) for c in conversations for i in c.script}
@@ -70,7 +70,7 @@ class ServeStats:
     encode_s: float = 0.0
     tts_s: float = 0.0
     seconds: float = 0.0
-    ended_by: dict[str, int] | None = None
+    ended_by: dict[str, int] = field(default_factory=dict)
 
 
 def label_conversation(cfg: Config, model: "LoadedModel", conv: EvalConversation,
@@ -85,7 +85,8 @@ def label_conversation(cfg: Config, model: "LoadedModel", conv: EvalConversation
                                   interruption_tolerance_s=cfg.evaluate.interruption_tolerance_s,
                                   silence_threshold_s=cfg.evaluate.silence_threshold_s)
     reply_to = {t.responds_to: t for t in model_turns if t.kind == "reply"}
-    turns = {(u.request_kind, u.item_id): u for u in user_turns if u.kind == "request"}
+    turns: dict[tuple[Any, Any], Any] = {(u.request_kind, u.item_id): u for u in user_turns
+                                         if u.kind == "request"}
     out = []
     for item in conv.items:
         user = turns.get((item.request_kind, item.world_id))
@@ -114,7 +115,7 @@ def serve_conversations(cfg: Config, model: "LoadedModel", conversations: list[E
 
     t0 = time.monotonic()
     ev = cfg.evaluate
-    stats = ServeStats(ended_by={})
+    stats = ServeStats()
     tts = PiperSynthesizer(USER_VOICE, cfg.simulate.tts_cache_dir)
     prewarm_tts(tts, conversations)
     stats.tts_s = time.monotonic() - t0
@@ -156,6 +157,3 @@ def serve_conversations(cfg: Config, model: "LoadedModel", conversations: list[E
     stats.seconds = time.monotonic() - t0
     return records, stats
 
-
-def items_of(conversations: list[EvalConversation]) -> list[EvalItem]:
-    return [item for c in conversations for item in c.items]
