@@ -75,8 +75,12 @@ from components.simulate.tts import (
     PiperSynthesizer,
     Speech,
     Synthesizer,
+    speak_parts,
 )
 
+# Bump when the same knobs render different audio (2: a user turn's sentences are synthesised
+# separately, tts.speak_parts), so conversation ids never name two different renderings.
+RENDER_VERSION = 2
 MODEL_AUDIO_METADATA = {"duplexalign-content": "model-audio"}
 SAMPLE_RATES = [(24000, 0.7), (16000, 0.1), (44100, 0.1), (48000, 0.1)]
 STARTED_BASE = datetime(2026, 10, 1, 8, 0, tzinfo=timezone.utc)
@@ -92,7 +96,7 @@ REQUEST_MIX = [("fact", 0.45), ("unsafe", 0.15), ("benign_edgy", 0.15), ("small_
 
 def config_fingerprint(sim: SimulateConfig) -> str:
     knobs = sim.model_dump(exclude={"conversations", "tts_cache_dir"})
-    body = {"world": W.WORLD_VERSION, "tts": ENGINE_VERSION, "voices": [asdict(USER_VOICE), asdict(MODEL_VOICE)],
+    body = {"world": W.WORLD_VERSION, "tts": ENGINE_VERSION, "render": RENDER_VERSION, "voices": [asdict(USER_VOICE), asdict(MODEL_VOICE)],
             "simulate": knobs}
     return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
 
@@ -308,13 +312,17 @@ class ConversationBuilder:
         def gap() -> float:
             return rng.uniform(0.3, 0.9)
 
-        def say_user(tokens: list[Token], start: float, kind: str, **extra: Any) -> tuple[UserTurn, _Clip]:
-            speech = self.user_tts.speak(spoken_text(tokens))
+        def say_user(tokens: list[Token], start: float, kind: str,
+                     parts: list[list[Token]] | None = None, **extra: Any) -> tuple[UserTurn, _Clip]:
+            texts = [spoken_text(p) for p in parts] if parts and len(parts) > 1 else None
+            speech = (speak_parts(self.user_tts, texts) if texts
+                      else self.user_tts.speak(spoken_text(tokens)))
             clip = _Clip("user", speech, start)
             clips.append(clip)
             turn = UserTurn(index=len(user_turns), kind=kind, text=spoken_text(tokens),
                             written_text=written_text(tokens), start=round(start, 3),
-                            end=round(clip.end, 3), words=_spoken_words(speech, start), **extra)
+                            end=round(clip.end, 3), words=_spoken_words(speech, start),
+                            parts=texts, **extra)
             user_turns.append(turn)
             return turn, clip
 
@@ -371,12 +379,11 @@ class ConversationBuilder:
                 pii_range = (offset + before, offset + before + len(planted.tokens))
             else:
                 parts.append(request_tokens)
-            for a, b in zip(parts, parts[1:]):
-                if a and b and a[-1].written[-1] not in ".?!":  # "Okay, and how much ..."
-                    b[0] = _lower_first(b[0])
+            # Each part is its own sentence, synthesised on its own (tts.speak_parts): the
+            # request then sounds the same in every conversation.
             tokens = [tok for part in parts for tok in part]
-            u_turn, u_clip = say_user(tokens, t, "request", request_kind=reply.request_kind,
-                                      item_id=reply.item_id)
+            u_turn, u_clip = say_user(tokens, t, "request", parts=parts,
+                                      request_kind=reply.request_kind, item_id=reply.item_id)
             u_start, u_end = u_clip.start, u_clip.end
             if planted is not None:
                 times = _token_times(tokens, u_clip.speech, u_start)[pii_range[0] : pii_range[1]]

@@ -62,6 +62,9 @@ class UserTurn(_Model):
     end: float
     words: list[GtWord]  # spoken words with their times
     pii: list[int] = Field(default_factory=list)  # indices into GroundTruth.pii
+    # The turn's sentences when it was said as several (tts.speak_parts), spoken forms in order;
+    # None when it was one utterance. Lets a corpus builder re-render exactly the same audio.
+    parts: list[str] | None = None
     # On-policy conversations (live.py) only:
     frames: list[int] | None = None  # [first frame, end frame) of the streamed utterance
     barge_in: bool = False  # the user started this turn while the model was speaking

@@ -95,7 +95,6 @@ from components.simulate.generate import (
     STARTED_BASE,
     _existing_refs,
     _json_bytes,
-    _lower_first,
     _pick,
     _progress,
     _put_if_changed,
@@ -110,12 +109,12 @@ from components.simulate.generate import (
 )
 from components.simulate.groundtruth import GroundTruth, GtWord, ModelTurn, PlantedPii, UserTurn
 from components.simulate.textnorm import Token, normalize, spoken_text, written_text
-from components.simulate.tts import ENGINE_VERSION, USER_VOICE, Speech, Synthesizer
+from components.simulate.tts import ENGINE_VERSION, USER_VOICE, Speech, Synthesizer, speak_parts
 
 if TYPE_CHECKING:  # pragma: no cover
     from components.model.checkpoint import LoadedModel
 
-LIVE_VERSION = "live-1"  # bump when the user's behaviour or the labels change
+LIVE_VERSION = "live-2"  # bump when the user's behaviour or the labels change
 SAMPLE_RATE = 24_000
 FRAME_SIZE = 1920
 FRAME_RATE = 12.5
@@ -226,6 +225,9 @@ class ScriptRequest:
     tokens: list[Token]
     pii: W.PiiValue | None = None
     pii_range: tuple[int, int] = (0, 0)  # token indices of the PII value in `tokens`
+    # The sentences the turn is said as (tts.speak_parts: each synthesised on its own, so the
+    # request sounds — and encodes — the same in every conversation); None = one utterance.
+    parts: list[str] | None = None
 
 
 def draw_script(rng: random.Random, persona: W.Persona, n_exchanges: int,
@@ -266,10 +268,8 @@ def draw_script(rng: random.Random, persona: W.Persona, n_exchanges: int,
             pii_range = (offset + before, offset + before + len(planted.tokens))
         else:
             parts.append(request_tokens)
-        for a, b in zip(parts, parts[1:]):
-            if a and b and a[-1].written[-1] not in ".?!":
-                b[0] = _lower_first(b[0])
-        out.append(ScriptRequest(kind, item.id, [t for p in parts for t in p], planted, pii_range))
+        out.append(ScriptRequest(kind, item.id, [t for p in parts for t in p], planted, pii_range,
+                                 parts=[spoken_text(p) for p in parts]))
     return out
 
 
@@ -333,7 +333,9 @@ class ReactiveUser:
         self.max_frames = int(policy.max_duration_s * FRAME_RATE)
 
     def _utterance(self, kind: str, tokens: list[Token], **extra: Any) -> _Utterance:
-        speech = self.tts.speak(spoken_text(tokens))
+        req = extra.get("request")
+        parts = req.parts if req is not None and req.parts and len(req.parts) > 1 else None
+        speech = speak_parts(self.tts, parts) if parts else self.tts.speak(spoken_text(tokens))
         audio = resample(speech.audio, speech.sample_rate, SAMPLE_RATE) * self.gain
         return _Utterance(kind, tokens, speech, quantize_pcm16(audio), **extra)
 
@@ -475,7 +477,8 @@ def _user_turns(record: LiveRecord, n_frames: int) -> tuple[list[UserTurn], list
                         text=spoken_text(utt.tokens), written_text=written_text(utt.tokens),
                         start=round(first, 3), end=words[-1].end, words=words,
                         frames=[utt.start_frame, utt.end_frame], barge_in=utt.barge_in,
-                        cut_reply=utt.cut_reply)
+                        cut_reply=utt.cut_reply,
+                        parts=req.parts if req and req.parts and len(req.parts) > 1 else None)
         if req is not None and req.pii is not None:
             times = _token_times(utt.tokens, speech, first)[req.pii_range[0] : req.pii_range[1]]
             if times and times[-1][2] <= end_s:

@@ -463,3 +463,41 @@ def user_synthesizer(cache_dir: str | Path | None = DEFAULT_CACHE_DIR) -> PiperS
 
 def model_synthesizer(cache_dir: str | Path | None = DEFAULT_CACHE_DIR) -> PiperSynthesizer:
     return PiperSynthesizer(MODEL_VOICE, cache_dir)
+
+
+FRAME_S = 0.08  # one Moshi/Mimi frame (12.5 Hz)
+
+
+def speak_parts(tts: Synthesizer, parts: list[str], pause_frames: int = 4) -> Speech:
+    """One user turn said as separate sentences ("Hi, um," / "My number is ..." / the request),
+    each synthesised on its own and padded to whole 80 ms frames, with ``pause_frames`` of
+    silence between them.
+
+    Why: a small codec is not shift-invariant and a synthesiser says a sentence differently
+    after a prefix, so a request said inside a longer utterance has different codes every time
+    and the embedded model can only memorise conversations. Said on its own and kept on the
+    frame grid, the same request is the same audio — the same codes — in every conversation
+    that starts the turn on a frame (embedded-model.md: what a small model can learn is the
+    world's fixed clips). A single part is exactly ``tts.speak``."""
+    speeches = [tts.speak(text) for text in parts if text.strip()]
+    if len(speeches) == 1:
+        return speeches[0]
+    if not speeches:
+        raise ValueError("speak_parts needs at least one non-empty part")
+    rate = speeches[0].sample_rate
+    frame = int(round(FRAME_S * rate))
+    chunks: list[np.ndarray] = []
+    words: list[TimedWord] = []
+    at = 0
+    for i, speech in enumerate(speeches):
+        if speech.sample_rate != rate:
+            raise ValueError("speak_parts: parts came back at different sample rates")
+        offset = at / rate
+        words.extend(TimedWord(w.word, round(w.start + offset, 4), round(w.end + offset, 4))
+                     for w in speech.words)
+        padded = -(-len(speech.audio) // frame) * frame
+        chunk = np.zeros(padded + (pause_frames * frame if i < len(speeches) - 1 else 0), np.float32)
+        chunk[: len(speech.audio)] = speech.audio
+        chunks.append(chunk)
+        at += len(chunk)
+    return Speech(np.concatenate(chunks), rate, words)

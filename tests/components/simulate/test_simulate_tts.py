@@ -116,3 +116,21 @@ def test_match_words_handles_merges_and_splits():
     assert match_words([2, 2, 4], [4, 4]) == [(0, 1), (0, 1), (1, 2)]
     assert match_words([3, 4, 5], [3, 2, 3, 5]) == [(0, 1), (1, 3), (3, 4)]
     assert match_words([3, 3, 3], [3, 3, 3]) == [(0, 1), (1, 2), (2, 3)]
+
+
+def test_a_turn_said_in_parts_keeps_each_sentence_identical_and_on_the_frame_grid(cache_dir):
+    from components.simulate.tts import FRAME_S, speak_parts
+
+    tts = PiperSynthesizer(USER_VOICE, cache_dir)
+    request = "How much is the Unlimited Plus plan?"
+    alone = tts.speak(request)
+    turn = speak_parts(tts, ["Hi, um,", request], pause_frames=4)
+    frame = int(round(FRAME_S * turn.sample_rate))
+    first = tts.speak("Hi, um,")
+    at = -(-len(first.audio) // frame) * frame + 4 * frame  # padded to frames, then the pause
+    assert at % frame == 0
+    np.testing.assert_array_equal(turn.audio[at: at + len(alone.audio)], alone.audio)
+    assert [w.word for w in turn.words] == [w.word for w in first.words + alone.words]
+    shifted = turn.words[len(first.words)]
+    assert shifted.start == pytest.approx(alone.words[0].start + at / turn.sample_rate, abs=1e-3)
+    np.testing.assert_array_equal(speak_parts(tts, [request]).audio, alone.audio)
