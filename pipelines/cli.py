@@ -21,7 +21,10 @@ EPILOG = """\
 examples:
   duplexalign demo                          services up, simulate, run the pipeline, audit, summary
   duplexalign services up                   start the local S3 (SeaweedFS) and MLflow servers
-  duplexalign simulate --conversations 20   log 20 simulated conversations into raw/
+  duplexalign simulate --policy champion    the champion serves 12 simulated users (LMGen)
+  duplexalign simulate --conversations 20   log 20 SCRIPTED conversations (calibration set)
+  duplexalign evaluate-model champion       QA, refusal, over-refusal, interruption, silence
+  duplexalign model export champion out/    Kyutai's checkpoint format (moshi's loaders read it)
   duplexalign run --input-manifest raw-...  run the pipeline (KFP local runner) on a sealed batch
   duplexalign compile                       write the pipeline's IR YAML (pipelines/alignment.yaml)
   duplexalign bench transcribe              stage vs plain whisper_timestamped loop: RTF and WER
@@ -59,8 +62,35 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from components.simulate.generate import simulate_conversations
 
     cfg = _config(args)
-    result = simulate_conversations(cfg, n=args.conversations, batch=args.batch)
+    if args.policy:
+        from components.simulate.live import simulate_with_policy
+
+        result = simulate_with_policy(cfg, args.policy, n=args.conversations, batch=args.batch)
+    else:
+        result = simulate_conversations(cfg, n=args.conversations, batch=args.batch)
     print(json.dumps(result.summary() if hasattr(result, "summary") else vars(result), default=str))
+    return 0
+
+
+def cmd_evaluate_model(args: argparse.Namespace) -> int:
+    from components.evaluate.behaviour import evaluate_model
+
+    cfg = _config(args)
+    report = evaluate_model(cfg, args.model)
+    for line in report.summary_lines():
+        print(line, file=sys.stderr)
+    print(json.dumps(report.to_dict(), default=str))
+    return 0
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from components.model.exchange import export_checkpoint, import_checkpoint
+
+    cfg = _config(args)
+    if args.action == "export":
+        print(export_checkpoint(cfg, args.source, Path(args.target)))
+    else:
+        print(import_checkpoint(cfg, args.source, alias=args.alias))
     return 0
 
 
@@ -136,6 +166,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conversations", type=int, default=None,
                    help="how many (default: the profile's simulate.conversations)")
     p.add_argument("--batch", default=None, help="raw/<batch>/ folder (default: derived from seed)")
+    p.add_argument("--policy", default=None, metavar="MODEL",
+                   help="let MODEL serve the simulated users through moshi's LMGen (reactive "
+                        "users; the model's own tokens are logged): 'champion', models:/NAME/V, "
+                        "a checkpoint folder or s3:// URI. Without it the replies are scripted.")
+
+    p = add("evaluate-model", cmd_evaluate_model,
+            "measure a model's behaviour on held-out items of the world: QA accuracy from its "
+            "text stream, refusal and over-refusal, interruption and silence rates")
+    p.add_argument("model", nargs="?", default=None,
+                   help="'champion' (default: model.source), models:/NAME/V, a folder or s3://")
+
+    p = add("model", cmd_model, "export a model to Kyutai's stock checkpoint format, or import "
+                                "one (safetensors + config.json) into the registry")
+    p.add_argument("action", choices=["export", "import"])
+    p.add_argument("source", help="export: the model ('champion', models:/..., folder, s3://); "
+                                  "import: a checkpoint folder or s3:// URI")
+    p.add_argument("target", nargs="?", default=".", help="export: the output folder")
+    p.add_argument("--alias", default=None, help="import: set this registry alias on the version")
 
     p = add("seal", cmd_seal, "pin a logged batch's object versions into an immutable raw manifest")
     p.add_argument("prefix", help="e.g. raw/2026-11-26/")

@@ -9,7 +9,8 @@ import pytest
 
 from pipelines.cli import build_parser
 
-COMMANDS = ["services", "simulate", "seal", "run", "compile", "demo", "bench"]
+COMMANDS = ["services", "simulate", "seal", "run", "compile", "demo", "bench", "evaluate-model",
+            "model"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
