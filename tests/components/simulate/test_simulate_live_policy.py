@@ -365,3 +365,38 @@ def test_a_model_that_never_stops_interrupts_and_gets_barged_in_on(
     assert all(u.barge_in for u in gt.user_turns)  # the user never found a pause
     assert any(u.cut_reply for u in gt.user_turns)  # replies ran past max_reply_s
     assert not any(u.kind == "nudge" for u in gt.user_turns)
+
+
+@pytest.mark.integration
+def test_transcribe_and_scrub_keep_the_models_tokens_and_delete_the_users(
+        live_cfg: Config, first_run: PolicySimulationResult,
+        stores: tuple[ObjectStore, ObjectStore]) -> None:
+    """The on-policy loop into the pipeline: what the model said (its exact tokens) survives
+    scrub, blanked only over PII echoes; the user's audio AND codes are gone in every version.
+    Runs last in this module: it consumes the raw conversations."""
+    from components.contract import NO_TOKEN, ModelTokens, ScrubbedItem
+    from components.ingest.logic import ingest
+    from components.scrub.logic import scrub
+    from components.transcribe.logic import transcribe
+
+    data, _ = stores
+    logged = {}
+    for item in _items(data, first_run.manifest_id):
+        ref = item.objects["model_tokens.npz"]
+        if data.stat(ref.key) is not None:  # a user without consent: already deleted by ingest
+            logged[item.conversation_id] = ModelTokens.from_bytes(
+                data.get_bytes(ref.key, version_id=ref.version_id))
+    ing = ingest(live_cfg, first_run.manifest_id)
+    tr = transcribe(live_cfg, ing.manifest.manifest_id)
+    sc = scrub(live_cfg, tr.manifest.manifest_id)
+    scrubbed = [ScrubbedItem.model_validate(i) for i in iter_items(data, sc.manifest)]
+    assert len(scrubbed) == ing.manifest.counts["items"] >= 1
+    for item in scrubbed:
+        kept = ModelTokens.from_bytes(data.get_bytes(item.model_tokens.key))
+        original = logged[item.conversation_id]
+        assert kept.frames == original.frames and kept.model_version == first_run.model_version
+        same = kept.text != NO_TOKEN
+        np.testing.assert_array_equal(kept.text[same], original.text[same])
+        assert same.mean() > 0.9  # only PII echoes (rare for a random model) are blanked
+    # Every version of this batch's raw objects is gone (other tests' batches are their own).
+    assert not [v for v in data.list_versions(f"raw/{first_run.batch}/") if not v.is_delete_marker]
