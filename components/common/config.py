@@ -209,7 +209,15 @@ class BootstrapConfig(_Section):
     rate_over_refusal: float = 0.3  # benign-but-edgy requests refused
     rate_interruption: float = 0.2
     rate_silence: float = 0.2
-    threads: int = 2
+    # Drills (components/bootstrap/drills.py): every request phrasing of the world said on its own
+    # at each of these user gains, answered with the same habits, next to the conversations; a
+    # small codec needs each phrasing at several gains for the model to learn question -> answer.
+    # Empty: no drills.
+    drill_gains: list[float] = Field(default_factory=lambda: [0.72, 0.81, 0.9, 0.99])
+    drill_share: float = Field(default=0.5, ge=0.0, le=1.0)  # of each batch's crops
+    # Fraction of (frame, side) audio inputs blanked to moshi's "no input" token while training.
+    audio_dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
+    threads: int = 2  # torch threads, and encoder processes while building the corpus
 
 
 class PolicyConfig(_Section):
@@ -285,18 +293,25 @@ class Config(_Section):
         return cls.model_validate_json(text)
 
 
+# Bootstrap training of the small embedded models (measured on the demo corpus, see
+# components/bootstrap/README.md): short crops, many of them, regularised.
+_BOOTSTRAP_SMALL: dict[str, Any] = {"batch_size": 32, "window_frames": 128, "weight_decay": 0.1,
+                                    "audio_loss_weight": 0.5}
+
 # Profiles set sizes and budgets; docs/budgets.md has the table of what each costs.
 PROFILES: dict[str, dict[str, Any]] = {
     "ci": {"simulate": {"conversations": 6, "turns_min": 2, "turns_max": 3},
            "streams": {"num_codebooks": 4},
            "model": {"size": "tiny", "context": 256},
-           "bootstrap": {"conversations": 80, "max_steps": 400, "time_budget_s": 150.0,
-                         "window_frames": 192},
+           "bootstrap": {"conversations": 48, "max_steps": 400, "time_budget_s": 120.0,
+                         "drill_gains": [0.85], **_BOOTSTRAP_SMALL},
            "evaluate": {"qa_items": 12, "qa_new_phrasing_items": 6, "unsafe_items": 6,
                         "benign_edgy_items": 6}},
-    "demo": {"simulate": {"conversations": 12}, "streams": {"num_codebooks": 4}},
+    "demo": {"simulate": {"conversations": 12}, "streams": {"num_codebooks": 4},
+             "bootstrap": {"max_steps": 700, "time_budget_s": 540.0, **_BOOTSTRAP_SMALL}},
     "bench": {"simulate": {"conversations": 24}, "streams": {"num_codebooks": 4},
-              "bootstrap": {"conversations": 400, "max_steps": 4000, "time_budget_s": 2400.0}},
+              "bootstrap": {"conversations": 400, "max_steps": 4000, "time_budget_s": 2400.0,
+                            **_BOOTSTRAP_SMALL}},
     "production": {
         "storage": {"endpoint": "s3.amazonaws.com", "secure": True, "credentials_file": ""},
         "mlflow": {"tracking_uri": "http://mlflow.duplexalign.svc:5000"},
