@@ -21,6 +21,8 @@ EPILOG = """\
 examples:
   duplexalign demo                          services up, simulate, run the pipeline, audit, summary
   duplexalign services up                   start the local S3 (SeaweedFS) and MLflow servers
+  duplexalign bootstrap                     train (or load the cached) embedded base model,
+                                            registered in MLflow as the first champion
   duplexalign simulate --policy champion    the champion serves 12 simulated users (LMGen)
   duplexalign simulate --conversations 20   log 20 SCRIPTED conversations (calibration set)
   duplexalign evaluate-model champion       QA, refusal, over-refusal, interruption, silence
@@ -69,6 +71,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     else:
         result = simulate_conversations(cfg, n=args.conversations, batch=args.batch)
     print(json.dumps(result.summary() if hasattr(result, "summary") else vars(result), default=str))
+    return 0
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    from components.bootstrap.logic import bootstrap
+
+    cfg = _config(args)
+    result = bootstrap(cfg, force=args.force)
+    print(json.dumps(result.summary(), default=str))
     return 0
 
 
@@ -170,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let MODEL serve the simulated users through moshi's LMGen (reactive "
                         "users; the model's own tokens are logged): 'champion', models:/NAME/V, "
                         "a checkpoint folder or s3:// URI. Without it the replies are scripted.")
+
+    p = add("bootstrap", cmd_bootstrap, "train the embedded Moshi-architecture base model on "
+                                        "simulated conversations (cached by content hash) and "
+                                        "register it in MLflow as the first champion")
+    p.add_argument("--force", action="store_true", help="retrain even if a cached result exists")
 
     p = add("evaluate-model", cmd_evaluate_model,
             "measure a model's behaviour on held-out items of the world: QA accuracy from its "

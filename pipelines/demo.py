@@ -1,7 +1,9 @@
 """`duplexalign demo`: the whole platform on one machine, ending with one JSON line.
 
-services up → simulate a fresh batch of logged conversations → run the pipeline with KFP's local
-runner → audit privacy everywhere a copy could survive → a readable summary → the JSON line.
+services up → bootstrap (or load the cached) embedded champion → the champion serves a fresh
+batch of simulated users (its own conversations, logged) → run the pipeline on what it said with
+KFP's local runner → audit privacy everywhere a copy could survive → measure the champion's
+behaviour (the baseline later rounds must beat) → a readable summary → the JSON line.
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ def collect_figures(cfg: Config, final_manifest_id: str) -> dict[str, Any]:
 
 
 def run_demo(cfg: Config, conversations: int | None = None) -> int:
-    from components.simulate.generate import simulate_conversations
+    from components.bootstrap.logic import bootstrap
+    from components.evaluate.behaviour import evaluate_model
+    from components.simulate.live import simulate_with_policy
     from pipelines.services.manager import config_with_live_endpoints, services_up
 
     t0 = time.monotonic()
@@ -58,11 +62,16 @@ def run_demo(cfg: Config, conversations: int | None = None) -> int:
     services_up(cfg)
     cfg = config_with_live_endpoints(cfg)
 
+    _say("bootstrapping the embedded base model (cached by content hash)")
+    t_boot = time.monotonic()
+    boot = bootstrap(cfg)
+    boot_s = time.monotonic() - t_boot
+
     batch = "demo-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     n = conversations or cfg.simulate.conversations
-    _say(f"simulating {n} logged conversations into raw/{batch}/")
+    _say(f"the champion serves {n} simulated users; their conversations go to raw/{batch}/")
     t_sim = time.monotonic()
-    sim = simulate_conversations(cfg, n=n, batch=batch)
+    sim = simulate_with_policy(cfg, "champion", n=n, batch=batch)
     sim_s = time.monotonic() - t_sim
 
     _say(f"running the pipeline on {sim.manifest_id} with KFP's local runner")
@@ -76,16 +85,27 @@ def run_demo(cfg: Config, conversations: int | None = None) -> int:
     _say("auditing: user audio and planted PII in every object version, the pipeline root and logs")
     audit = audit_run(cfg)
     figures.update(raw_user_audio_left=audit.raw_user_audio_left, pii_left=audit.pii_left)
-    figures["seconds"] = {"simulate": round(sim_s, 1), "pipeline": round(run_s, 1),
+
+    _say("measuring the champion's behaviour on held-out items (the baseline to beat)")
+    t_eval = time.monotonic()
+    behaviour = evaluate_model(cfg, "champion")
+    eval_s = time.monotonic() - t_eval
+    figures["champion_version"] = boot.version
+    figures["champion_cached"] = boot.cached
+    figures["served"] = {"model_version": sim.model_version, "labels": sim.labels,
+                         "ms_per_frame": sim.ms_per_frame}
+    figures["baseline"] = behaviour.figures()
+    figures["seconds"] = {"bootstrap": round(boot_s, 1), "simulate": round(sim_s, 1),
+                          "pipeline": round(run_s, 1), "evaluate": round(eval_s, 1),
                           "total": round(time.monotonic() - t0, 1)}
 
-    print_summary(figures, audit.findings)
+    print_summary(figures, audit.findings, behaviour.summary_lines())
     print(json.dumps(figures, sort_keys=True))
     ok = audit.raw_user_audio_left == 0 and audit.pii_left == 0
     return 0 if ok else 1
 
 
-def print_summary(f: dict[str, Any], findings: list[str]) -> None:
+def print_summary(f: dict[str, Any], findings: list[str], behaviour: list[str] = ()) -> None:
     wer = f["transcript_wer"]
     lines = [
         "",
@@ -99,11 +119,17 @@ def print_summary(f: dict[str, Any], findings: list[str]) -> None:
         f"  raw user audio left    {f['raw_user_audio_left']}  (every object version + pipeline root)",
         f"  planted PII left       {f['pii_left']}  (every stored text, normalised)",
         f"  report                 {f['report']} (also in MLflow)",
-        f"  time                   simulate {f['seconds']['simulate']}s, pipeline "
-        f"{f['seconds']['pipeline']}s, total {f['seconds']['total']}s",
+        f"  champion               {f['champion_version']}"
+        f"{' (cached)' if f['champion_cached'] else ' (trained now)'}",
+        f"  time                   bootstrap {f['seconds']['bootstrap']}s, simulate "
+        f"{f['seconds']['simulate']}s, pipeline {f['seconds']['pipeline']}s, evaluate "
+        f"{f['seconds']['evaluate']}s, total {f['seconds']['total']}s",
     ]
     for stage, secs in f["stage_seconds"].items():
         lines.append(f"    {stage:<20} {secs:.1f}s")
+    if behaviour:
+        lines.append("  baseline behaviour of the champion (held-out items):")
+        lines.extend(f"    {line}" for line in behaviour)
     for finding in findings[:20]:
         lines.append(f"  ! {finding}")
     print("\n".join(lines))

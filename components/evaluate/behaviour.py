@@ -221,8 +221,9 @@ def code_version() -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_key(cfg: Any, identity: Any, items_fp: str, code: str) -> str:
-    """Content hash of everything the figures depend on: the weights and the stream format, the
+def cache_key(cfg: Any, identity: Any, items_fp: str, code: str, architecture: str = "") -> str:
+    """Content hash of everything the figures depend on: the weights, the architecture (the
+    checkpoint's config.json: its attention context changes what a served model sees) and the stream format, the
     evaluate and policy sections (sampling temperatures are part of the behaviour measured), the
     noise floor the users speak over, the exact item scripts and the code version."""
     import hashlib
@@ -232,7 +233,7 @@ def cache_key(cfg: Any, identity: Any, items_fp: str, code: str) -> str:
             "codec": identity.codec_hash,
             "evaluate": cfg.evaluate.model_dump(exclude={"threads"}),  # threads: speed only
             "policy": cfg.policy.model_dump(), "noise_dbfs": cfg.simulate.noise_floor_dbfs,
-            "items": items_fp, "code": code}
+            "items": items_fp, "code": code, "architecture": architecture}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -255,6 +256,7 @@ def evaluate_model(cfg: Any, model_source: str | None = None,
     the same key is returned as is (``cached=True``), with no new MLflow run. Otherwise the
     conversations are served, the report is stored (JSON + HTML) and logged to MLflow as the run
     ``evaluate-model <version>``."""
+    import hashlib
     import sys
     import time
     from datetime import datetime, timezone
@@ -272,6 +274,7 @@ def evaluate_model(cfg: Any, model_source: str | None = None,
     folder = resolve_model(cfg, source)
     tag = model_version_tag(cfg, source)
     identity = read_identity(folder)
+    architecture = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:16]
     code = code_version()
     items_fp = items_fingerprint(conversations)
     store = ObjectStore.from_config(cfg.storage)
@@ -279,7 +282,8 @@ def evaluate_model(cfg: Any, model_source: str | None = None,
 
     def cached(identity: Any) -> BehaviourReport | None:
         stored = publish.load_stored(store, tag)
-        if stored is None or stored.get("cache_key") != cache_key(cfg, identity, items_fp, code):
+        key = cache_key(cfg, identity, items_fp, code, architecture)
+        if stored is None or stored.get("cache_key") != key:
             return None
         report = BehaviourReport.from_dict(stored)
         report.cached = True
@@ -295,7 +299,7 @@ def evaluate_model(cfg: Any, model_source: str | None = None,
     if identity is None and (hit := cached(model.identity)) is not None:
         return hit
     identity = model.identity
-    key = cache_key(cfg, identity, items_fp, code)
+    key = cache_key(cfg, identity, items_fp, code, architecture)
     load_s = time.monotonic() - t0
     if progress:
         n_items = sum(len(c.items) for c in conversations)

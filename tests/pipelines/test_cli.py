@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.cli import build_parser
 
-COMMANDS = ["services", "simulate", "seal", "run", "compile", "demo", "bench", "evaluate-model",
+COMMANDS = ["services", "bootstrap", "simulate", "seal", "run", "compile", "demo", "bench", "evaluate-model",
             "model"]
 
 

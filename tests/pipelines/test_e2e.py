@@ -37,7 +37,7 @@ def test_demo_end_to_end(tmp_path):
         f"consent.dsn=sqlite:///{state}/consent.db", f"pipeline.pipeline_root={state}/pipeline-root",
         f"scrub.pseudonym_key_file={state}/secrets/pseudonym.key"])
     try:
-        out = subprocess.run(cli(cfg, "demo"), capture_output=True, text=True, timeout=900)
+        out = subprocess.run(cli(cfg, "demo"), capture_output=True, text=True, timeout=1500)
     finally:
         subprocess.run(cli(cfg, "services", "down"), capture_output=True, timeout=120)
     # Secrets never reach output, logs, the pipeline root or the compiled run's parameters.
@@ -57,6 +57,14 @@ def test_demo_end_to_end(tmp_path):
     assert summary["pii_left"] == 0
     assert summary["transcript_wer"] is not None and summary["transcript_wer"] <= 0.10
     assert "duplexalign demo — summary" in out.stdout
+    # The conversations were the champion's own: it was bootstrapped, registered and served.
+    assert summary["champion_version"] == "1"
+    assert summary["served"]["model_version"] == f"{cfg.model.registered_name}/1"
+    baseline = summary["baseline"]
+    assert baseline["model_version"] == summary["served"]["model_version"]
+    for rate in ("qa_seen", "qa_new", "refusal_unsafe", "over_refusal_benign", "interruption",
+                 "silence"):
+        assert baseline["n"][rate] > 0 and 0.0 <= baseline[rate] <= 1.0, rate
 
 
 def test_run_killed_mid_transcribe_then_rerun_processes_each_conversation_once(stage_cfg):

@@ -17,7 +17,8 @@ import torch
 from moshi.models.lm import LMOutput
 
 from components.bootstrap.data import Corpus
-from components.bootstrap.train import crop_batch, drop_audio_frames, lm_loss, lr_at, train_lm
+from components.bootstrap.train import (blank_model_audio, crop_batch, drop_audio_frames, lm_loss,
+                                        lr_at, train_lm)
 from components.common.config import load_config
 from components.model.spec import build_lm, lm_kwargs
 from components.streams.interleave import StreamLayout
@@ -140,6 +141,21 @@ def test_audio_dropout_blanks_whole_sides_of_frames_and_never_text() -> None:
         assert torch.equal(blank.all(dim=1), blank.any(dim=1))  # a side's q codes go together
         assert 0.2 < blank.all(dim=1).float().mean() < 0.4
     assert drop_audio_frames(codes, q, 0.0, torch.Generator()) is codes
+
+
+def test_model_audio_blank_blanks_the_models_own_side_of_whole_crops_only() -> None:
+    q = 2
+    codes = torch.randint(0, 8, (400, 1 + 2 * q, 30))
+    out = blank_model_audio(codes, q, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, 0], codes[:, 0])  # text untouched
+    assert torch.equal(out[:, 1 + q :], codes[:, 1 + q :])  # the user's audio untouched
+    own = out[:, 1 : 1 + q]
+    blank = (own == -1).flatten(1)
+    assert torch.equal(blank.all(dim=1), blank.any(dim=1))  # a crop's own audio goes as a whole
+    assert 0.4 < blank.all(dim=1).float().mean() < 0.6
+    kept = ~blank.all(dim=1)
+    assert torch.equal(own[kept], codes[kept, 1 : 1 + q])
+    assert blank_model_audio(codes, q, 0.0, torch.Generator()) is codes
 
 
 def test_drill_share_of_each_batch() -> None:
