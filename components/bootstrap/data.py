@@ -35,9 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -48,6 +46,7 @@ import numpy as np
 
 from components.common.audio import resample
 from components.common.config import Config, SimulateConfig
+from components.common.files import write_atomic
 from components.contract import MODEL_SAMPLE_RATE, canonical_json
 from components.simulate import world as W
 from components.simulate.generate import (
@@ -338,17 +337,6 @@ def conversation_info(conv: RenderedConversation, index: int, n_frames: int,
             "model_words": [[w.word, w.start, w.end] for w in conv.model_words]}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save_shard(folder: Path, shard: int, codes: list[np.ndarray], info: list[dict[str, Any]]) -> None:
     import io
 
@@ -357,9 +345,9 @@ def _save_shard(folder: Path, shard: int, codes: list[np.ndarray], info: list[di
     dtype = np.int16 if flat.max(initial=0) < 2**15 and flat.min(initial=0) >= -(2**15) else np.int32
     buf = io.BytesIO()
     np.savez(buf, codes=flat.astype(dtype), lengths=lengths)
-    _write_atomic(folder / f"shard-{shard:05d}.npz", buf.getvalue())
+    write_atomic(folder / f"shard-{shard:05d}.npz", buf.getvalue())
     # the JSON is the completion marker: written last
-    _write_atomic(folder / f"shard-{shard:05d}.json", json.dumps(info).encode())
+    write_atomic(folder / f"shard-{shard:05d}.json", json.dumps(info).encode())
 
 
 def _load_shard(folder: Path, shard: int) -> tuple[list[np.ndarray], list[dict[str, Any]]] | None:
@@ -510,7 +498,7 @@ def build_corpus(cfg: Config, tokenizer: TextTokenizer, codec: "Codec", n: int |
                    "realised": realised_rates(drill_replies) if drill_replies else None},
         "realised_all": realised_rates(replies + drill_replies),
     }
-    _write_atomic(folder / f"summary-{n}.json", json.dumps(stats, indent=1).encode())
+    write_atomic(folder / f"summary-{n}.json", json.dumps(stats, indent=1).encode())
     return Corpus(key=key, path=folder, layout=layout, codes=codes + drill_codes, info=info + drill_info,
                   stats=stats)
 
@@ -528,8 +516,8 @@ def _save_drills(folder: Path, cfg: Config, codes: list[np.ndarray], info: list[
     buf = io.BytesIO()
     np.savez(buf, codes=np.concatenate(codes, axis=1).astype(np.int32), lengths=lengths)
     name = _drills_name(cfg)
-    _write_atomic(folder / f"{name}.npz", buf.getvalue())
-    _write_atomic(folder / f"{name}.json", json.dumps(info).encode())  # the marker, last
+    write_atomic(folder / f"{name}.npz", buf.getvalue())
+    write_atomic(folder / f"{name}.json", json.dumps(info).encode())  # the marker, last
 
 
 def _load_drills(folder: Path, cfg: Config) -> tuple[list[np.ndarray], list[dict[str, Any]]] | None:

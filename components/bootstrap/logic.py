@@ -36,6 +36,7 @@ os.environ.setdefault("NO_TORCH_COMPILE", "1")  # before moshi.models: no compil
 
 from components.bootstrap.data import CORPUS_VERSION, build_corpus, corpus_key
 from components.common.config import Config
+from components.common.files import write_atomic
 from components.contract import canonical_json
 
 CODE_VERSION = "bootstrap-1"  # bump when training or probing changes what a key produces
@@ -139,10 +140,7 @@ def _train(cfg: Config, tokenizer: Any, codec: Any, key: str, folder: Path,
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=1, default=str)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=1, default=str).encode())
 
 
 def _read_record(folder: Path) -> dict[str, Any] | None:

@@ -24,13 +24,13 @@ import os
 import re
 import string
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sentencepiece
 
+from components.common.files import write_atomic
 from components.simulate import world as W
 from components.simulate.textnorm import normalize, written_text
 
@@ -237,18 +237,6 @@ def train_world_tokenizer(vocab_size: int) -> TextTokenizer:
     return tok
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _load_s3(uri: str, cfg: "Config") -> TextTokenizer:
     """Fetch an S3 tokenizer once into the cache dir, keyed by URI and the object's etag/version
     (a replaced object is fetched again)."""
@@ -281,7 +269,7 @@ def load_tokenizer(cfg: "Config") -> TextTokenizer:
         if path.exists():
             return TextTokenizer.from_file(path)
         tok = train_world_tokenizer(vocab)
-        _write_atomic(path, tok.model_bytes)
+        write_atomic(path, tok.model_bytes)
         return tok
     if source.startswith("s3://"):
         return _load_s3(source, cfg)
