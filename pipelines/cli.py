@@ -19,7 +19,8 @@ from components.common.config import PROFILES, Config, load_config
 
 EPILOG = """\
 examples:
-  duplexalign demo                          services up, simulate, run the pipeline, audit, summary
+  duplexalign demo                          services up, bootstrap, the champion serves users,
+                                            pipeline, audit, baseline behaviour, summary
   duplexalign services up                   start the local S3 (SeaweedFS) and MLflow servers
   duplexalign bootstrap                     train (or load the cached) embedded base model,
                                             registered in MLflow as the first champion

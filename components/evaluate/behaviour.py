@@ -222,10 +222,11 @@ def code_version() -> str:
 
 
 def cache_key(cfg: Any, identity: Any, items_fp: str, code: str, architecture: str = "") -> str:
-    """Content hash of everything the figures depend on: the weights, the architecture (the
-    checkpoint's config.json: its attention context changes what a served model sees) and the stream format, the
-    evaluate and policy sections (sampling temperatures are part of the behaviour measured), the
-    noise floor the users speak over, the exact item scripts and the code version."""
+    """Content hash of everything the figures depend on: the weights, the architecture (a hash
+    of the checkpoint's config.json: its attention context changes what a served model sees),
+    the stream format, the evaluate and policy sections (sampling temperatures are part of the
+    behaviour measured), the noise floor the users speak over, the exact item scripts and the
+    code version."""
     import hashlib
     import json
 

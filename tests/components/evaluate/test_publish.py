@@ -58,3 +58,24 @@ def test_html_escapes_and_keys_are_safe():
     assert "not asked" in page
     assert safe_tag("path:0123abcd") == "path-0123abcd"
     assert report_key("duplexalign-moshi/3") == "reports/evaluate-model/duplexalign-moshi/3/behaviour.json"
+
+
+def test_cache_key_covers_weights_architecture_and_sampling() -> None:
+    from components.common.config import load_config
+    from components.evaluate.behaviour import cache_key
+    from components.model.checkpoint import ModelIdentity
+
+    cfg = load_config("ci")
+    ident = ModelIdentity(tokenizer_hash="spm-a", codec_hash="mimi-b", num_codebooks=4,
+                          size="tiny", weights_sha256="w1")
+    key = cache_key(cfg, ident, "items", "code", "arch-512")
+    assert cache_key(cfg, ident, "items", "code", "arch-512") == key
+    # the same weights served with another attention context behave differently
+    assert cache_key(cfg, ident, "items", "code", "arch-128") != key
+    other = ModelIdentity(**{**ident.to_dict(), "weights_sha256": "w2"})
+    assert cache_key(cfg, other, "items", "code", "arch-512") != key
+    hotter = load_config("ci", overrides=["policy.temp_text=0.2"])
+    assert cache_key(hotter, ident, "items", "code", "arch-512") != key
+    # torch threads change speed, not behaviour
+    assert cache_key(load_config("ci", overrides=["evaluate.threads=2"]), ident, "items", "code",
+                     "arch-512") == key
