@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from components.common.audio import resample
+from components.common.audio import quantize_pcm16, resample
 from components.common.config import Config, SimulateConfig
 from components.common.files import write_atomic
 from components.contract import MODEL_SAMPLE_RATE, canonical_json
@@ -56,7 +56,7 @@ from components.simulate.generate import (
     config_fingerprint,
 )
 from components.simulate.tts import speak_parts
-from components.streams.interleave import FRAME_RATE, StreamLayout, assemble, text_stream
+from components.streams.interleave import FRAME_RATE, FRAME_SIZE, StreamLayout, assemble, text_stream
 from components.streams.tokenizer import EPAD_ID, PAD_ID, TextTokenizer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,7 +68,6 @@ VAL_EVERY = 10  # every 10th conversation is held out
 BATCH_NAME = "bootstrap"
 MODEL_VERSION = "scripted-bootstrap"
 PII_RATE = 0.1  # a little PII so the base model also echoes some (scrub has work on-policy)
-FRAME_SIZE = 1920  # samples per frame at 24 kHz
 POOL_MIN = 8  # build at least this many conversations to pay for starting encoder processes
 
 # The builder's share of each request kind when no content problem is drawn.
@@ -222,7 +221,7 @@ def aligned_user_channel(turns: list[tuple[list[str], float]], user_tts: Any, se
     shifts = []
     for parts, start in turns:
         # TTS-cached: the very clip the builder mixed in
-        speech = speak_parts(user_tts, parts) if len(parts) > 1 else user_tts.speak(parts[0])
+        speech = speak_parts(user_tts, parts)
         offset = start - speech.words[0].start if speech.words else start
         frame = max(0, int(round(offset * FRAME_RATE)))
         shifts.append(frame / FRAME_RATE - offset)
@@ -231,8 +230,7 @@ def aligned_user_channel(turns: list[tuple[list[str], float]], user_tts: Any, se
         n = max(0, min(len(audio), n_samples - at))
         out[at : at + n] += audio[:n]
     np.clip(out, -1.0, 1.0, out=out)
-    out = (np.clip(np.round(out * 32768.0), -32768, 32767) / 32768.0).astype(np.float32)  # PCM16 grid
-    return out, shifts
+    return quantize_pcm16(out), shifts
 
 
 def render_channels(conv: RenderedConversation, user_tts: Any, seed: int,

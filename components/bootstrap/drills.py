@@ -34,15 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from components.common.audio import resample
+from components.common.audio import quantize_pcm16, resample
 from components.common.config import Config
 from components.contract import MODEL_SAMPLE_RATE, WordStamp, canonical_json
 from components.simulate import world as W
 from components.simulate.textnorm import Token, normalize, spoken_text
-from components.streams.interleave import FRAME_RATE, assemble, text_stream
+from components.streams.interleave import FRAME_RATE, FRAME_SIZE, assemble, text_stream
 
 DRILL_VERSION = "drills-1"
-FRAME_SIZE = 1920
 LEAD_FRAMES = 13  # noise floor before (and after) a clip when it is encoded: > the codec's context
 MODEL_GAIN = 0.9  # the builder's model gain is 0.8-1.0 per conversation
 SESSION_FRAMES = 375  # pack exchanges into sessions of about 30 s, like the conversations
@@ -131,7 +130,7 @@ def _clip_waveform(audio: np.ndarray, noise: np.random.Generator, level: float) 
     x = noise.standard_normal(n).astype(np.float32) * np.float32(level)
     x[LEAD_FRAMES * FRAME_SIZE : LEAD_FRAMES * FRAME_SIZE + len(audio)] += audio
     np.clip(x, -1.0, 1.0, out=x)
-    return (np.clip(np.round(x * 32768.0), -32768, 32767) / 32768.0).astype(np.float32)
+    return quantize_pcm16(x)
 
 
 def _token_times(tokens: list[Token], speech: Any, at: float) -> list[tuple[str, float, float]]:

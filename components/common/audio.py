@@ -117,6 +117,12 @@ def encode_wav(audio: np.ndarray, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
+def quantize_pcm16(audio: np.ndarray) -> np.ndarray:
+    """Onto the grid a PCM16 WAV holds (x = k / 32768), so a stored WAV decodes to exactly the
+    samples that were streamed or encoded (and encoding it again gives exactly the same codes)."""
+    return (np.clip(np.round(audio * 32768.0), -32768, 32767) / 32768.0).astype(np.float32)
+
+
 def resample(audio: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
     """Polyphase resampling along axis 0 (exact rational ratio, no drift over long audio)."""
     if src_rate == dst_rate:

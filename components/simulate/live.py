@@ -72,7 +72,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from components.common.audio import encode_wav, resample
+from components.common.audio import encode_wav, quantize_pcm16, resample
 from components.common.config import Config
 from components.contract import (
     MODEL_TOKENS_METADATA,
@@ -278,12 +278,6 @@ def draw_script(rng: random.Random, persona: W.Persona, n_exchanges: int,
 
 def _frames(seconds: float) -> int:
     return max(1, int(math.ceil(seconds * FRAME_RATE - 1e-9)))
-
-
-def quantize_pcm16(audio: np.ndarray) -> np.ndarray:
-    """Onto the grid a PCM16 WAV holds (x = k / 32768), so user.wav decodes to exactly the
-    samples that were streamed (and encoding it gives exactly the logged codes)."""
-    return (np.clip(np.round(audio * 32768.0), -32768, 32767) / 32768.0).astype(np.float32)
 
 
 @dataclass

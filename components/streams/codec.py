@@ -43,6 +43,7 @@ from moshi.models.loaders import get_mimi
 
 from components.common.audio import resample
 from components.contract import MODEL_SAMPLE_RATE
+from components.streams.interleave import FRAME_RATE, FRAME_SIZE
 
 if TYPE_CHECKING:
     from components.common.config import Config
@@ -52,8 +53,6 @@ EMBEDDED_ASSET = ASSETS_DIR / "mimi-embedded.safetensors"
 EMBEDDED_CONFIG = ASSETS_DIR / "mimi-embedded.json"
 
 SAMPLE_RATE = MODEL_SAMPLE_RATE  # 24000
-FRAME_RATE = 12.5
-FRAME_SIZE = 1920  # SAMPLE_RATE / FRAME_RATE
 
 
 @contextmanager

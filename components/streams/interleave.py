@@ -28,13 +28,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from components.contract import WordStamp
+from components.contract import MODEL_SAMPLE_RATE, WordStamp
 from components.streams.tokenizer import EPAD_ID, PAD_ID
 
 if TYPE_CHECKING:
     from components.streams.tokenizer import TextTokenizer
 
 FRAME_RATE = 12.5
+FRAME_SIZE = int(MODEL_SAMPLE_RATE / FRAME_RATE)  # 1920 samples of 24 kHz audio per 80 ms frame
 MOSHI_DELAYS_8 = [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1]
 # start * frame_rate is computed in floats: 0.24 s * 12.5 may come out as 2.9999999999999996.
 # A start written as frame / frame_rate must land back on that frame, so allow this much slack.
