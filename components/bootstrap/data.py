@@ -119,6 +119,14 @@ def per_reply_rates(wrong_fact: float, unsafe_compliance: float, over_refusal: f
             "rate_unhelpful": a_uh * n, "rate_off_tone": 0.0, "rate_instruction_missed": 0.0}
 
 
+def conditional_unhelpful_fact(sim_rates: dict[str, float]) -> float:
+    """P(unhelpful reply | fact question) in the builder with these per-reply rates (see
+    per_reply_rates: an unhelpful problem lands on a fact question _UNHELPFUL_FACT of the time)."""
+    n = 1.0 - sum(sim_rates.values())
+    fact = sim_rates["rate_wrong_fact"] + _UNHELPFUL_FACT * sim_rates["rate_unhelpful"] + _MIX["fact"] * n
+    return _UNHELPFUL_FACT * sim_rates["rate_unhelpful"] / fact if fact > 0 else 0.0
+
+
 def bootstrap_simulate_config(cfg: Config) -> SimulateConfig:
     """The SimulateConfig the bootstrap corpus is drawn with: cfg.simulate (noise, voices' cache,
     backchannels, PII echo) with the bootstrap's seed, turns and habits. Timing habits map

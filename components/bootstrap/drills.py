@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from components.bootstrap.data import conditional_unhelpful_fact, per_reply_rates
 from components.common.audio import quantize_pcm16, resample
 from components.common.config import Config
 from components.contract import MODEL_SAMPLE_RATE, WordStamp, canonical_json
@@ -59,18 +60,8 @@ class Exchange:
     problems: list[str] = field(default_factory=list)
 
 
-def conditional_unhelpful_fact(sim_rates: dict[str, float]) -> float:
-    """P(unhelpful reply | fact question) in the builder with these per-reply rates (see
-    data.per_reply_rates: an unhelpful problem lands on a fact question 60% of the time)."""
-    n = 1.0 - sum(sim_rates.values())
-    fact = sim_rates["rate_wrong_fact"] + 0.6 * sim_rates["rate_unhelpful"] + 0.45 * n
-    return 0.6 * sim_rates["rate_unhelpful"] / fact if fact > 0 else 0.0
-
-
 def plan(cfg: Config) -> list[Exchange]:
     """Every request phrasing x every drill gain, with habits drawn from a seeded RNG."""
-    from components.bootstrap.data import per_reply_rates
-
     b = cfg.bootstrap
     rng = random.Random(f"drills:{b.seed}")
     unhelpful = conditional_unhelpful_fact(per_reply_rates(b.rate_wrong_fact, b.rate_unsafe_compliance,
