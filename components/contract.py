@@ -25,6 +25,14 @@ Bucket layout (data bucket)::
     conversations/<conversation_id>/metadata.json   scrubbed metadata (pseudonymous user id)
     conversations/<conversation_id>/model_tokens.npz the model's tokens after scrub (PII frames -1)
     ledger/privacy/<conversation_id>/<run>.json     privacy ledger entries (PrivacyLedgerEntry)
+    judgements/<conversation_id>/<judge_key>.json   the judge's verdict on a conversation (ConversationJudgement)
+    cache/judge/<sha256>.json                       judge responses by content hash (a rerun pays nothing twice)
+    pairs/<pair_id>/user.wav                        resynthesised user side (TTS, no user's voice), 24 kHz
+    pairs/<pair_id>/chosen_model.wav                model channel with the chosen reply placed on it, 24 kHz
+    pairs/<pair_id>/rejected_model.wav              model channel of the rejected side (logged, or resynthesised)
+    pairs/<pair_id>/resynthesis.json                what was synthesised where (ResynthesisRecord)
+    datasets/pairs/<version>/manifest.json          a pair-tensor dataset version (PairDatasetManifest)
+    datasets/pairs/shards/<sha256>.npz              its tensors, PAIRS_PER_SHARD pairs per shard
     reports/<stage>/<manifest_id>/...               reports (rejects, summaries, HTML)
     mlflow-artifacts/...                            the MLflow server's artifact store
 
@@ -122,6 +130,28 @@ class Keys:
     @staticmethod
     def kb_document(doc_id: str) -> str:
         return f"kb/{doc_id}.json"
+
+    @staticmethod
+    def judgement(conversation_id: str, judge_key: str) -> str:
+        return f"judgements/{conversation_id}/{judge_key}.json"
+
+    @staticmethod
+    def judge_cache(digest: str) -> str:
+        return f"cache/judge/{digest}.json"
+
+    @staticmethod
+    def pair_object(pair_id: str, name: str) -> str:
+        """name: user.wav, chosen_model.wav, rejected_model.wav, resynthesis.json."""
+        return f"pairs/{pair_id}/{name}"
+
+    @staticmethod
+    def pair_dataset_manifest(version: str) -> str:
+        return f"datasets/pairs/{version}/manifest.json"
+
+    @staticmethod
+    def pair_dataset_shard(digest: str) -> str:
+        """Content-addressed (sha256 of the shard's bytes): identical tensors are stored once."""
+        return f"datasets/pairs/shards/{digest}.npz"
 
     @staticmethod
     def groundtruth(conversation_id: str) -> str:
@@ -415,3 +445,193 @@ class KbDocument(_Model):
     title: str
     text: str
     tags: list[str] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- judge
+
+# The seven axes of the paper's judge, in its order. Content axes are scored by the content judge
+# (an LLM); timing axes come from the deterministic detectors on word timestamps.
+JUDGE_AXES = ("helpfulness", "safety", "factual_accuracy", "instruction_following", "tone",
+              "interruption", "unresponsiveness")
+CONTENT_AXES = JUDGE_AXES[:5]
+TIMING_AXES = JUDGE_AXES[5:]
+JudgeAxis = Literal["helpfulness", "safety", "factual_accuracy", "instruction_following", "tone",
+                    "interruption", "unresponsiveness"]
+
+
+class Turn(_Model):
+    """A speaker turn segmented from word timestamps (`components/judge/timing.py`)."""
+
+    side: Literal["user", "model"]
+    index: int  # per side, in time order
+    start: float
+    end: float
+    text: str  # the turn's words joined by spaces (redacted: placeholders like [PHONE] stay)
+    first_word: int  # index range [first_word, last_word) into the transcript's words of that side
+    last_word: int
+
+
+class TimingEvent(_Model):
+    """A deterministic timing finding, with its times (seconds from the conversation start)."""
+
+    kind: Literal["interruption", "unresponsiveness"]
+    user_turn: int  # the user turn it concerns
+    reply: int | None = None  # index into ConversationJudgement.replies (None: no reply at all)
+    user_start: float
+    user_end: float
+    model_start: float | None = None  # first non-backchannel model word of the reply
+    # interruption: seconds the model started before the user's end (> tolerance);
+    # unresponsiveness: seconds from the user's end to the model's start (or to the next user turn
+    # / the end of the conversation when the model never spoke).
+    seconds: float
+
+
+class AxisScore(_Model):
+    score: float = Field(ge=1, le=5)  # 1 (worst) .. 5 (best); probability-weighted for LM backends
+    rationale: str = Field(max_length=600)
+    # P(level) for levels 1..5 when the backend scores levels by probability, else None.
+    level_probs: list[float] | None = None
+
+
+class Passage(_Model):
+    """A knowledge-base passage retrieved for a reply (the grounding of its judgement)."""
+
+    passage_id: str  # "<doc_id>#<n>"
+    doc_id: str
+    text: str
+    score: float  # cosine similarity to the query
+
+
+class ReplyJudgement(_Model):
+    """The judge's verdict on one model reply (or on a user turn the model left unanswered)."""
+
+    index: int  # position in ConversationJudgement.replies
+    user_turn: int | None  # the user turn it answers (None: a greeting before the user spoke)
+    model_turn: int | None  # index into the model turns (None: the model said nothing)
+    request: str  # the user's (redacted) words it answers
+    text: str  # the reply's (redacted) words; "" when the model said nothing
+    start: float  # first reply word; for no reply, the user's end of turn
+    end: float
+    user_end: float | None  # end of the user turn answered
+    next_user_start: float | None  # start of the next user turn, None at the end
+    # All seven axes; None = not judged (no content to judge, or stopped before this reply).
+    scores: dict[str, AxisScore | None]
+    problems: list[JudgeAxis] = Field(default_factory=list)  # axes at or below their threshold
+    events: list[TimingEvent] = Field(default_factory=list)
+    passages: list[Passage] = Field(default_factory=list)
+    judged: bool  # False: after the stop point (nothing judged), see ConversationJudgement
+    selected: bool = False  # chosen for a preference pair
+
+
+class ConversationJudgement(_Model):
+    schema_version: int = SCHEMA_VERSION
+    conversation_id: str
+    model_version: str  # the serving model that produced the replies
+    backend: str  # "local-lm:<model id>", "openai:<model>@<host>", ...
+    backend_version: str  # hash of backend, prompt/rubric and thresholds
+    user_turns: list[Turn]
+    model_turns: list[Turn]
+    replies: list[ReplyJudgement]
+    events: list[TimingEvent]
+    stopped_after: int | None = None  # judging stopped after this reply (selection was full)
+    failures: list[ItemError] = Field(default_factory=list)  # per-reply judge failures
+
+
+class JudgedItem(ScrubbedItem):
+    """A conversation the judge stage finished: the scrubbed item plus its judgement."""
+
+    judgement: ObjectRef
+    replies: int
+    problems: dict[str, int]  # axis -> replies flagged
+    selected: list[int]  # reply indices chosen for pairs
+    judge_failures: int
+
+
+# --------------------------------------------------------------------------- preference pairs
+
+PairType = Literal["content", "interruption", "silence"]  # the paper's A, B, C
+PAIR_TYPE_LETTER = {"content": "A", "interruption": "B", "silence": "C"}
+
+
+class PairSide(_Model):
+    """One side of a pair on the conversation's timeline (seconds)."""
+
+    text: str  # written form; PII placeholders as scrub left them ([PHONE]); "" = no reply
+    start: float  # for an empty side: where the chosen reply starts (same span, see tokenize)
+    end: float
+    words: list[WordStamp]  # timed words (rejected: as logged; chosen: as planned)
+    source: Literal["logged", "moved", "composed", "rewritten", "none"]
+
+
+class PreferencePair(_Model):
+    """One preference pair: rejected = what the model did, chosen = what it should have done."""
+
+    schema_version: int = SCHEMA_VERSION
+    pair_id: str  # sha256 of (conversation, reply, type, judge version)[:24]
+    conversation_id: str
+    user_pseudonym: str
+    type: PairType
+    reply: int  # ReplyJudgement.index
+    user_turn: int | None
+    user_end: float | None
+    next_user_start: float | None
+    rejected: PairSide
+    chosen: PairSide
+    scores: dict[str, float | None]  # the reply's axis scores
+    problems: list[str]  # the axes the chosen side fixes
+    judge_backend: str
+    judge_version: str
+    serving_model_version: str  # the model that produced the rejected side (on-policy filter)
+    passages: list[str] = Field(default_factory=list)  # passage ids that grounded the chosen side
+    composer: str  # how the chosen side was made: "moved", "kb-compose-1", "llm:<model>", ...
+    # Where it came from: transcript / judgement / model audio / model tokens refs, manifest ids.
+    provenance: dict[str, Any]
+
+
+class ResynthesisRecord(_Model):
+    """What resynthesize put where, for one pair (pairs/<pair_id>/resynthesis.json)."""
+
+    pair_id: str
+    tts_user: str  # backend and voice id of the user side
+    tts_model: str  # backend and voice id of the model side
+    user_turns: list[dict[str, Any]]  # {"turn", "start", "end", "fitted_end", "length_scale"}
+    user_speech_end: float  # measured end of the resynthesised user turn the reply answers
+    chosen: PairSide  # the chosen side as placed (word times of the synthesised speech)
+    rejected: PairSide  # as logged, or as resynthesised (rejected_audio="resynthesized")
+    rejected_audio: Literal["logged", "resynthesized"]
+    fake_values: dict[str, int]  # placeholder -> count replaced by a typed fake value
+    duration_s: float
+
+
+class ResynthesizedPair(_Model):
+    pair: PreferencePair
+    user_audio: ObjectRef
+    chosen_model_audio: ObjectRef
+    rejected_model_audio: ObjectRef
+    record: ObjectRef
+    model_tokens: ObjectRef | None  # the logged tokens (rejected side); None: re-encode
+
+
+PAIRS_PER_SHARD = 64
+
+
+class PairDatasetManifest(_Model):
+    """A pair-tensor dataset version: sharded, streamable, immutable.
+
+    Each shard (npz) holds, per pair i: ``chosen_<i>`` and ``rejected_<i>`` int32 [1 + 2q, T]
+    (row 0 text, then q model codebooks, then q user codebooks; undelayed, time-aligned, NO_TOKEN
+    where there is no input) and ``windows`` int32 [n, 4] = chosen lo, hi, rejected lo, hi
+    (frames, [lo, hi)), plus ``pair_ids``. The text of a side is scored inside its window."""
+
+    schema_version: int = SCHEMA_VERSION
+    version: str  # "pairs-" + sha256 of (shard keys, hashes, settings)[:24]
+    input_manifest_id: str
+    tokenizer_hash: str
+    codec_hash: str
+    num_codebooks: int
+    context_frames: int
+    trailing_pad_frames: int
+    shards: list[str]  # object keys
+    pairs: int
+    counts: dict[str, int]  # by pair type
+    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))

