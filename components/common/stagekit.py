@@ -115,6 +115,18 @@ def _iter_shards(store: ObjectStore, keys: list[str]) -> Iterator[dict[str, Any]
                 yield json.loads(line)
 
 
+def manifest_chain(store: ObjectStore, final_manifest_id: str) -> dict[str, Manifest]:
+    """stage name → manifest, walking input_manifest_id links back to the raw batch (in
+    pipeline order)."""
+    chain: dict[str, Manifest] = {}
+    current: str | None = final_manifest_id
+    while current:
+        manifest = load_manifest(store, current)
+        chain[manifest.stage] = manifest
+        current = manifest.input_manifest_id
+    return dict(reversed(list(chain.items())))
+
+
 def iter_items(store: ObjectStore, manifest: Manifest) -> Iterator[dict[str, Any]]:
     return _iter_shards(store, manifest.item_shards)
 
