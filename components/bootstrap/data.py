@@ -55,7 +55,7 @@ from components.simulate.generate import (
     RenderedConversation,
     config_fingerprint,
 )
-from components.simulate.tts import speak_parts
+from components.speech.tts import speak_parts
 from components.streams.interleave import FRAME_RATE, FRAME_SIZE, StreamLayout, assemble, text_stream
 from components.streams.tokenizer import EPAD_ID, PAD_ID, TextTokenizer
 
@@ -388,7 +388,7 @@ def build_corpus(cfg: Config, tokenizer: TextTokenizer, codec: "Codec", n: int |
                  progress: bool = True) -> Corpus:
     """The first n (default cfg.bootstrap.conversations) conversations' streams, built or loaded
     from the shard cache; stats cover the n conversations (realised habits, timings)."""
-    from components.simulate.tts import MODEL_VOICE, USER_VOICE, PiperSynthesizer
+    from components.speech.tts import MODEL_VOICE, USER_VOICE, PiperSynthesizer
 
     n = cfg.bootstrap.conversations if n is None else n
     if n < 1:

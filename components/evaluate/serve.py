@@ -31,7 +31,7 @@ from components.simulate.textnorm import normalize, spoken_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from components.model.checkpoint import LoadedModel
-    from components.simulate.tts import Synthesizer
+    from components.speech.tts import Synthesizer
 
 MAX_UTTERANCE_S = 6.0  # longer than any evaluation prompt or closing line as spoken
 
@@ -111,7 +111,7 @@ def serve_conversations(cfg: Config, model: "LoadedModel", conversations: list[E
     """Serve every conversation (waves of ``cfg.evaluate.batch_size``); the scored records in
     conversation order."""
     from components.evaluate.lockstep import LockstepSessions, Wave
-    from components.simulate.tts import USER_VOICE, PiperSynthesizer
+    from components.speech.tts import USER_VOICE, PiperSynthesizer
 
     t0 = time.monotonic()
     ev = cfg.evaluate

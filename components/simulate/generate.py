@@ -68,7 +68,7 @@ from components.simulate.groundtruth import (
     UserTurn,
 )
 from components.simulate.textnorm import Token, normalize, spoken_text, written_text
-from components.simulate.tts import (
+from components.speech.tts import (
     ENGINE_VERSION,
     MODEL_VOICE,
     USER_VOICE,

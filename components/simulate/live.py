@@ -109,7 +109,7 @@ from components.simulate.generate import (
 )
 from components.simulate.groundtruth import GroundTruth, GtWord, ModelTurn, PlantedPii, UserTurn
 from components.simulate.textnorm import Token, normalize, spoken_text, written_text
-from components.simulate.tts import ENGINE_VERSION, USER_VOICE, Speech, Synthesizer, speak_parts
+from components.speech.tts import ENGINE_VERSION, USER_VOICE, Speech, Synthesizer, speak_parts
 
 if TYPE_CHECKING:  # pragma: no cover
     from components.model.checkpoint import LoadedModel
@@ -752,7 +752,7 @@ def _simulate_with_policy(cfg: Config, model_source: str | None, n: int | None,
     from components.common.storage import ObjectStore
     from components.model.checkpoint import load_checkpoint
     from components.model.registry import model_version_tag, resolve_model
-    from components.simulate.tts import PiperSynthesizer
+    from components.speech.tts import PiperSynthesizer
 
     t0 = time.monotonic()
     source = model_source if model_source is not None else cfg.model.source

@@ -172,7 +172,7 @@ def heldout_lines(n: int = 6) -> list[str]:
 
 class _Voices:
     def __init__(self) -> None:
-        from components.simulate.tts import model_synthesizer, user_synthesizer
+        from components.speech.tts import model_synthesizer, user_synthesizer
 
         self.by_name = {"user": user_synthesizer(), "model": model_synthesizer()}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from components.common.audio import resample
-from components.simulate.tts import model_synthesizer, user_synthesizer
+from components.speech.tts import model_synthesizer, user_synthesizer
 
 
 def timeline(seconds: float, rate: int, clips: list[tuple[float, np.ndarray]]) -> np.ndarray:

@@ -27,7 +27,7 @@ from components.common.config import Config, load_config
 from components.contract import MODEL_SAMPLE_RATE
 from components.simulate import world as W
 from components.simulate.generate import ConversationBuilder, config_fingerprint
-from components.simulate.tts import MODEL_VOICE, USER_VOICE, PiperSynthesizer
+from components.speech.tts import MODEL_VOICE, USER_VOICE, PiperSynthesizer
 from components.streams.codec import load_codec
 from components.streams.interleave import moshi_delays, start_frame, words_from_text_stream
 from components.streams.tokenizer import EPAD_ID, PAD_ID, load_tokenizer

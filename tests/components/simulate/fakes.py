@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from components.simulate.tts import Speech, TimedWord
+from components.speech.tts import Speech, TimedWord
 
 
 class ToneSynthesizer:

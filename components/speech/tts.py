@@ -1,4 +1,4 @@
-"""Text to speech for the simulated world, behind a tiny interface.
+"""Text to speech (piper) for the simulated world and the resynthesize stage, behind a tiny interface.
 
 ``Synthesizer.synthesize(text) -> (float32 mono array, sample_rate)``; ``Synthesizer.speak(text)``
 also returns per-word timestamps (needed for the model's word-timestamped text stream and for
@@ -147,7 +147,7 @@ def _engine(model_path: str, config_path: str) -> _Engine:
     from piper import PiperVoice
     from piper.config import PiperConfig
 
-    from components.simulate.onnx_patch import patch_piper_model
+    from components.speech.onnx_patch import patch_piper_model
 
     patched = patch_piper_model(Path(model_path).read_bytes())
     options = onnxruntime.SessionOptions()

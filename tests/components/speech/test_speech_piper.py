@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.simulate.onnx_patch import patch_piper_model
-from components.simulate.tts import (
+from components.speech.onnx_patch import patch_piper_model
+from components.speech.tts import (
     MODEL_VOICE,
     USER_VOICE,
     PiperSynthesizer,
@@ -119,7 +119,7 @@ def test_match_words_handles_merges_and_splits():
 
 
 def test_a_turn_said_in_parts_keeps_each_sentence_identical_and_on_the_frame_grid(cache_dir):
-    from components.simulate.tts import FRAME_S, speak_parts
+    from components.speech.tts import FRAME_S, speak_parts
 
     tts = PiperSynthesizer(USER_VOICE, cache_dir)
     request = "How much is the Unlimited Plus plan?"
