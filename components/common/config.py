@@ -303,6 +303,9 @@ class JudgeConfig(_Section):
     interruption_tolerance_s: float = 0.2  # model speech starting this long before the user's end
     unresponsive_after_s: float = 2.5  # no model speech this long after the user's end of turn
     user_turn_gap_s: float = 1.5  # user words further apart than this start a new turn
+    # A backchannel said while the user speaks is an exception only when the model then pauses
+    # this long; "Yes," running straight on into an answer is the start of the reply.
+    backchannel_pause_s: float = Field(default=0.4, ge=0)
     backchannels: list[str] = Field(default_factory=lambda: [
         "mm-hm", "mhm", "mm", "uh-huh", "hmm", "okay", "ok", "right", "yeah", "yes", "i see",
         "got it", "sure"])
