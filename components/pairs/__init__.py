@@ -1,0 +1,1 @@
+"""Preference pairs from judged conversations: rejected = what the model did, chosen = the fix."""
