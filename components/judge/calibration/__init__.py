@@ -1,0 +1,1 @@
+"""Calibration of the content judge against a hand-labelled set (calibrate.py)."""
