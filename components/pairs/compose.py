@@ -76,6 +76,7 @@ class ComposeRequest:
     problems: tuple[str, ...]  # the flagged axes (content and timing)
     passages: tuple[Passage, ...]
     context: str = ""  # earlier turns, for the LLM prompt
+    max_words: int | None = None  # time budget: what can be said before the user's next turn
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,7 @@ class KbComposer:
 
     def compose(self, req: ComposeRequest) -> Composition:
         problems = set(req.problems)
+        limit = min(self.max_words, req.max_words) if req.max_words else self.max_words
         ranked = [r for r in self.rank(req.request, req.passages) if r.score >= self.floor]
         used: list[str] = []
         if "safety" in problems:
@@ -188,27 +190,28 @@ class KbComposer:
                           if p.passage_id not in known]
             policy = next((r for r in self.rank(req.request, wider)
                            if r.score >= self.floor and POLICY_CUES.search(r.text)), None)
-            parts = [REFUSAL]
-            if policy is not None:
-                parts.append(policy.text)
+            text, note = REFUSAL, "refusal"
+            if policy is not None and len(words_of(f"{REFUSAL} {policy.text}")) <= limit:
+                text, note = f"{REFUSAL} {policy.text}", "refusal+policy"
                 used.append(policy.passage_id)
-            text, note = " ".join(parts), "refusal" + ("+policy" if policy else "")
         elif ranked:
             best = ranked[0]
             used.append(best.passage_id)
             text, note = best.text, "answer"
-            if "instruction_following" in problems:
+            # Instruction following, or no time to say the whole sentence before the user's next
+            # turn: the clause that answers the request.
+            if "instruction_following" in problems or len(words_of(text)) > limit:
                 text, note = self._shorten(req.request, text), "answer-shortened"
         else:
             text, note = GENERIC_REPLY, "generic"
-        if "tone" in problems and "instruction_following" not in problems and "safety" not in problems:
-            budget = self.max_words - len(words_of(POLITE_OPENING)) - len(words_of(POLITE_CLOSING))
-            if note == "generic":
-                text = f"{POLITE_OPENING} {GENERIC_REPLY}"
-            else:
-                text = f"{POLITE_OPENING} {trim_words(text, max(4, budget))} {POLITE_CLOSING}"
-            note += "+polite"
-        return Composition(trim_words(text, self.max_words), used, note)
+        if "tone" in problems and not problems & {"instruction_following", "safety"}:
+            wrapped = [f"{POLITE_OPENING} {text}"]
+            if note != "generic":
+                wrapped.insert(0, f"{POLITE_OPENING} {text} {POLITE_CLOSING}")
+            fitting = [w for w in wrapped if len(words_of(w)) <= limit]
+            if fitting:
+                text, note = fitting[0], note + "+polite"
+        return Composition(trim_words(text, limit), used, note)
 
 
 # ----------------------------------------------------------------------------- llm composer
@@ -216,7 +219,8 @@ class KbComposer:
 LLM_PROMPT_VERSION = "pairs-rewrite-1"
 REPLY_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "properties": {"reply": {"type": "string", "minLength": 1, "maxLength": 600}},
+    # No length keywords: strict structured-output modes reject some; emptiness is checked here.
+    "properties": {"reply": {"type": "string"}},
     "required": ["reply"],
     "additionalProperties": False,
 }
@@ -241,6 +245,8 @@ _AXIS_HINTS = {
 
 
 def rewrite_messages(req: ComposeRequest, max_words: int) -> list[dict[str, str]]:
+    if req.max_words:
+        max_words = min(max_words, req.max_words)
     passages = "\n".join(f"[{p.passage_id}] {p.text}" for p in req.passages) or "(none found)"
     flagged = "\n".join(f"- {axis}: {_AXIS_HINTS.get(axis, axis)}" for axis in req.problems)
     user = (f"Conversation so far:\n{req.context or '(start)'}\n\n"
@@ -269,5 +275,9 @@ class LlmComposer:
         text = " ".join(str(answer.get("reply", "")).split())
         if not text:
             raise ComposeError("judge-bad-output", "the endpoint answered an empty reply")
-        return Composition(trim_words(text, self.max_words), [p.passage_id for p in req.passages],
+        limit = min(self.max_words, req.max_words) if req.max_words else self.max_words
+        return Composition(trim_words(text, limit), [p.passage_id for p in req.passages],
                            "llm")
+
+    def close(self) -> None:
+        self.client.close()

@@ -64,6 +64,7 @@ from components.pairs.compose import (
 STAGE = "pairs"
 DROP_PREFIX = "no-pair-"  # reject codes of replies that make no pair (not failures)
 CONTEXT_TURNS = 4  # earlier turns shown to the LLM composer
+LLM_CACHE_NAMESPACE = "pairs-rewrite"
 
 
 def marker_id(conversation_id: str, reply: int) -> str:
@@ -75,7 +76,8 @@ def make_composer(cfg: Config, store: ObjectStore | None, kb: Any | None = None)
     if cfg.pairs.composer == "llm":
         from components.common.llm import ChatClient
 
-        client = ChatClient.from_config(cfg.judge, store)
+        # The judge's endpoint and limits; its own cache namespace (never a judge answer).
+        client = ChatClient.from_config(cfg.judge, store, namespace=LLM_CACHE_NAMESPACE)
         return LlmComposer(client, cfg.judge.model, cfg.pairs.max_reply_words)
     if kb is None:
         from components.common.kb import KnowledgeBase
@@ -143,7 +145,8 @@ def build_pair(cfg: Config, item: JudgedItem, judgement: ConversationJudgement,
             grounding = retrieve(reply.request, cfg.judge.top_k_passages)  # silence: not judged
         req = ComposeRequest(request=reply.request, rejected=reply.text,
                              problems=tuple(reply.problems), passages=tuple(grounding),
-                             context=_context(judgement, reply))
+                             context=_context(judgement, reply),
+                             max_words=rules.word_budget(place, p.speaking_rate_wps))
         try:
             composition = composer.compose(req)
         except ComposeError as exc:
@@ -315,9 +318,14 @@ def build_pairs(cfg: Config, judge_manifest_id: str, composer: Composer | None =
         out["composer"] = cfg.pairs.composer
         return out
 
-    concurrency = cfg.judge.concurrency if cfg.pairs.composer == "llm" else 1
-    return run_items(store, STAGE, judge_manifest_id, items(), process,
-                     total=None, concurrency=concurrency, extra_stats=stats)
+    concurrency = cfg.judge.concurrency if cfg.pairs.composer == "llm" else 1  # I/O vs CPU
+    try:
+        return run_items(store, STAGE, judge_manifest_id, items(), process,
+                         total=None, concurrency=concurrency, extra_stats=stats)
+    finally:
+        made = lazy.get("composer")
+        if made is not None and hasattr(made, "close"):
+            made.close()
 
 
 class _NoComposer:

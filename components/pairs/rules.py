@@ -90,6 +90,14 @@ class Placement:
     limit: float | None  # it should end by then (the next user turn)
 
 
+def word_budget(place: "Placement", rate_wps: float) -> int | None:
+    """Words that fit between the chosen start and the next user turn (at least MIN_WORDS);
+    None when nothing follows."""
+    if place.limit is None:
+        return None
+    return max(MIN_WORDS, int((place.limit - place.start) * rate_wps + EPS))
+
+
 def placement(kind: str, reply: ReplyJudgement, rejected_start: float, interruption_gap_s: float,
               silence_gap_s: float) -> Placement:
     user_end = reply.user_end
@@ -135,5 +143,5 @@ def composed_side(text: str, start: float, limit: float | None, rate_wps: float,
 
 
 __all__ = ["pair_type", "pair_id", "planned_words", "fit_text", "fit_words", "placement",
-           "rejected_side", "empty_side", "moved_side", "composed_side", "overrun",
+           "rejected_side", "empty_side", "moved_side", "composed_side", "overrun", "word_budget",
            "split_sentences", "MIN_WORDS"]
