@@ -74,6 +74,10 @@ class CalibrationReport(BaseModel):
     seconds: float
     rows: list[dict[str, Any]]  # per item: id, kind, hand labels, judge scores
 
+    def to_dict(self, rows: bool = False) -> dict[str, Any]:
+        """JSON-ready figures (per-item rows only when asked: they are long)."""
+        return self.model_dump(mode="json", exclude=None if rows else {"rows"})
+
 
 def load_items(path: Path = HANDLABELLED) -> list[CalibrationItem]:
     return [CalibrationItem.model_validate_json(line)
@@ -222,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         backend.close()
     print(format_report(report))
-    print(json.dumps(report.model_dump(mode="json", exclude={"rows"})))
+    print(json.dumps(report.to_dict()))
     return 0
 
 
