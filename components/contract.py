@@ -31,6 +31,7 @@ Bucket layout (data bucket)::
     pairs/<pair_id>/chosen_model.wav                model channel with the chosen reply placed on it, 24 kHz
     pairs/<pair_id>/rejected_model.wav              model channel of the rejected side (logged, or resynthesised)
     pairs/<pair_id>/resynthesis.json                what was synthesised where (ResynthesisRecord)
+    pairs/<pair_id>/tensors-<settings>.npz          the pair's token tensors (tokenize; one-pair shard layout)
     datasets/pairs/<version>/manifest.json          a pair-tensor dataset version (PairDatasetManifest)
     datasets/pairs/shards/<sha256>.npz              its tensors, PAIRS_PER_SHARD pairs per shard
     reports/<stage>/<manifest_id>/...               reports (rejects, summaries, HTML)
@@ -141,7 +142,8 @@ class Keys:
 
     @staticmethod
     def pair_object(pair_id: str, name: str) -> str:
-        """name: user.wav, chosen_model.wav, rejected_model.wav, resynthesis.json."""
+        """name: user.wav, chosen_model.wav, rejected_model.wav, resynthesis.json,
+        tensors-<settings digest>.npz (tokenize)."""
         return f"pairs/{pair_id}/{name}"
 
     @staticmethod
@@ -618,10 +620,12 @@ PAIRS_PER_SHARD = 64
 class PairDatasetManifest(_Model):
     """A pair-tensor dataset version: sharded, streamable, immutable.
 
-    Each shard (npz) holds, per pair i: ``chosen_<i>`` and ``rejected_<i>`` int32 [1 + 2q, T]
+    Each shard (npz) holds, per pair i: ``chosen_<i>`` and ``rejected_<i>`` int32 [1 + 2q, T_i]
     (row 0 text, then q model codebooks, then q user codebooks; undelayed, time-aligned, NO_TOKEN
-    where there is no input) and ``windows`` int32 [n, 4] = chosen lo, hi, rejected lo, hi
-    (frames, [lo, hi)), plus ``pair_ids``. The text of a side is scored inside its window."""
+    where there is no input; both sides the same shape, with the same user rows) and ``windows``
+    int32 [n, 4] = chosen lo, hi, rejected lo, hi (frames, [lo, hi)), plus ``pair_ids`` and
+    ``types`` (str [n]). The text of a side is scored inside its window. Reader and writer:
+    components/streams/pairset.py."""
 
     schema_version: int = SCHEMA_VERSION
     version: str  # "pairs-" + sha256 of (shard keys, hashes, settings)[:24]
