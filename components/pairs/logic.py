@@ -23,8 +23,9 @@ The model's exact tokens are not copied here: tokenize takes them from the `mode
 from __future__ import annotations
 
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from components.common.config import Config
@@ -45,7 +46,6 @@ from components.contract import (
     JudgedItem,
     Keys,
     ObjectRef,
-    PairSide,
     PreferencePair,
     ReplyJudgement,
     Transcript,
@@ -220,21 +220,29 @@ def pair_stats(results: list[ItemResult]) -> dict[str, Any]:
 
 
 def _read_markers(store: ObjectStore, judge_manifest_id: str, ids: list[str]) -> list[ItemResult]:
-    return [ItemResult.model_validate(store.get_json(Keys.item_state(STAGE, judge_manifest_id, i)))
-            for i in ids]
+    """Every item's marker (fresh or from an earlier run): the stats cover the whole manifest
+    even when a rerun processed only part of it."""
+    def read(item_id: str) -> ItemResult:
+        key = Keys.item_state(STAGE, judge_manifest_id, item_id)
+        return ItemResult.model_validate(store.get_json(key))
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(read, ids))
 
 
 # ----------------------------------------------------------------------------- the stage
 
 
 class _Loaded:
-    """The judgement and transcript of the conversation being worked on (items come grouped by
-    conversation, so one entry is enough; a lock because the LLM composer runs concurrently)."""
+    """Judgements and transcripts of the conversations being worked on. Items come grouped by
+    conversation, so a few entries are enough; locked because the LLM composer runs items on a
+    thread pool."""
+
+    ENTRIES = 16
 
     def __init__(self, store: ObjectStore):
         self.store, self.lock = store, threading.Lock()
-        self.key: str | None = None
-        self.value: tuple[ConversationJudgement, Transcript] | None = None
+        self.entries: OrderedDict[str, tuple[ConversationJudgement, Transcript]] = OrderedDict()
 
     def _get(self, ref: ObjectRef, what: str) -> Any:
         try:
@@ -244,15 +252,17 @@ class _Loaded:
 
     def get(self, item: JudgedItem) -> tuple[ConversationJudgement, Transcript]:
         with self.lock:
-            if self.key != item.conversation_id or self.value is None:
+            if item.conversation_id not in self.entries:
                 try:
                     judgement = ConversationJudgement.model_validate(
                         self._get(item.judgement, "judgement"))
                     transcript = Transcript.model_validate(self._get(item.transcript, "transcript"))
                 except ValueError as exc:
                     raise ItemFailure("bad-judgement", str(exc)[:300]) from exc
-                self.key, self.value = item.conversation_id, (judgement, transcript)
-            return self.value
+                self.entries[item.conversation_id] = (judgement, transcript)
+                while len(self.entries) > self.ENTRIES:
+                    self.entries.popitem(last=False)
+            return self.entries[item.conversation_id]
 
 
 def build_pairs(cfg: Config, judge_manifest_id: str, composer: Composer | None = None) -> StageRun:
@@ -338,4 +348,4 @@ class _NoComposer:
 
 
 __all__ = ["build_pairs", "build_pair", "make_composer", "pair_stats", "marker_id", "STAGE",
-           "DROP_PREFIX", "PairSide"]
+           "DROP_PREFIX"]

@@ -23,16 +23,21 @@ are kept, and a reply that still runs past the next turn says so in `overrun_s`.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from components.contract import CONTENT_AXES, PairSide, ReplyJudgement, WordStamp, canonical_json
-from components.pairs.compose import split_sentences, trim_words, words_of
+from components.pairs.compose import trim_words, words_of
 
 MIN_WORDS = 3  # a chosen reply keeps at least this many words, even when it overruns
 EPS = 1e-6
 
 
-def pair_type(problems: list[str] | tuple[str, ...]) -> str | None:
+PairKind = Literal["content", "interruption", "silence"]
+
+
+def pair_type(problems: Sequence[str]) -> PairKind | None:
     """The paper's A/B/C for a reply's flagged axes (precedence in the module docstring)."""
     flagged = set(problems)
     if "unresponsiveness" in flagged:
@@ -135,7 +140,7 @@ def moved_side(words: list[WordStamp], start: float, limit: float | None) -> Pai
 
 
 def composed_side(text: str, start: float, limit: float | None, rate_wps: float,
-                  source: str) -> PairSide:
+                  source: Literal["composed", "rewritten"]) -> PairSide:
     text = fit_text(text, start, limit, rate_wps)
     words = planned_words(text, start, rate_wps)
     return PairSide(text=text, start=start, end=words[-1].end if words else start, words=words,
@@ -144,4 +149,4 @@ def composed_side(text: str, start: float, limit: float | None, rate_wps: float,
 
 __all__ = ["pair_type", "pair_id", "planned_words", "fit_text", "fit_words", "placement",
            "rejected_side", "empty_side", "moved_side", "composed_side", "overrun", "word_budget",
-           "split_sentences", "MIN_WORDS"]
+           "MIN_WORDS"]
