@@ -31,6 +31,9 @@ examples:
   duplexalign run --input-manifest raw-...  run the pipeline (KFP local runner) on a sealed batch
   duplexalign compile                       write the pipeline's IR YAML (pipelines/alignment.yaml)
   duplexalign bench transcribe              stage vs plain whisper_timestamped loop: RTF and WER
+  duplexalign bench judge                   detectors and content judge vs the simulator's
+                                            labels; replies/s at concurrency 1 and 8
+  duplexalign judge serve --port 8089       OpenAI-compatible server in front of the local judge
   duplexalign --set transcribe.model_source=s3://models/whisper-small run --latest
 """
 
@@ -141,6 +144,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.base_config, conversations=args.conversations)
 
 
+def cmd_judge(args: argparse.Namespace) -> int:
+    from components.judge.server import main as serve_main
+
+    return int(serve_main(["--port", str(args.port)], cfg=args.base_config) or 0)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from pipelines.bench import run_bench
 
@@ -218,10 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
                               "pipeline, audit privacy; ends with one JSON line")
     p.add_argument("--conversations", type=int, default=None)
 
+    p = add("judge", cmd_judge, "the judge's own tools: `serve` runs the project's "
+                                "OpenAI-compatible chat-completions server in front of the local "
+                                "judge (loopback), for tests, benches and as a drop-in endpoint")
+    p.add_argument("action", choices=["serve"])
+    p.add_argument("--port", type=int, default=8089, help="serve: port on 127.0.0.1 (0 = free)")
+
     p = add("bench", cmd_bench, "benchmarks that print their figures against a named baseline")
-    p.add_argument("which", choices=["transcribe", "ingest"])
+    p.add_argument("which", choices=["transcribe", "ingest", "judge", "resynthesize", "tokenize"])
     p.add_argument("--conversations", type=int, default=None,
-                   help="transcribe: how many conversations to time (default 6)")
+                   help="transcribe: how many conversations to time (default 6); judge: "
+                        "on-policy conversations to judge (default 24)")
     p.add_argument("--sizes", default="1000,10000",
                    help="ingest: corpus sizes to measure (comma separated)")
     p.add_argument("--repeats", type=int, default=None,

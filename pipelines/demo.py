@@ -31,6 +31,8 @@ def collect_figures(cfg: Config, final_manifest_id: str) -> dict[str, Any]:
     store = ObjectStore.from_config(cfg.storage)
     chain = manifest_chain(store, final_manifest_id)
     raw, ingest, transcribe, scrub = (chain.get(s) for s in ("raw", "ingest", "transcribe", "scrub"))
+    judge, pairs, resynth, tokenize = (chain.get(s) for s in ("judge", "pairs", "resynthesize",
+                                                              "tokenize"))
     wer_key = Keys.report("transcribe", transcribe.manifest_id, "wer.json") if transcribe else None
     wer = store.get_json(wer_key)["wer"] if wer_key and store.exists(wer_key) else None
     rejected_by_code = {k.split(":", 1)[1]: v for k, v in (ingest.counts if ingest else {}).items()
@@ -45,10 +47,24 @@ def collect_figures(cfg: Config, final_manifest_id: str) -> dict[str, Any]:
         "scrubbed": scrub.counts.get("items", 0) if scrub else 0,
         "scrub_failed": scrub.counts.get("rejected", 0) if scrub else 0,
         "transcript_wer": wer,
+        "judged": judge.counts.get("items", 0) if judge else 0,
+        "judge_failures": (judge.stats.get("judge_failures", 0) + judge.counts.get("rejected", 0))
+        if judge else 0,
+        "pairs": pair_counts(pairs),
+        "resynthesized": resynth.counts.get("items", 0) if resynth else 0,
+        "pairs_dataset": tokenize.stats.get("pairs_dataset") if tokenize else None,
         "manifests": {stage: m.manifest_id for stage, m in chain.items()},
         "stage_seconds": {stage: m.stats.get("seconds") for stage, m in chain.items()
                           if m.stats.get("seconds") is not None},
     }
+
+
+def pair_counts(pairs: Any) -> dict[str, int]:
+    """Pairs by the paper's type letters (A content, B interruption, C silence)."""
+    from components.contract import PAIR_TYPE_LETTER
+
+    by_type = (pairs.stats.get("by_type", {}) if pairs else {}) or {}
+    return {letter: int(by_type.get(kind, 0)) for kind, letter in PAIR_TYPE_LETTER.items()}
 
 
 def run_demo(cfg: Config, conversations: int | None = None) -> int:
@@ -116,6 +132,10 @@ def print_summary(f: dict[str, Any], findings: list[str], behaviour: list[str] =
         f"  transcribed            {f['transcribed']}   (WER before redaction: "
         f"{'n/a' if wer is None else f'{wer:.3f}'})",
         f"  scrubbed               {f['scrubbed']}",
+        f"  judged                 {f['judged']}   (judge failures: {f['judge_failures']})",
+        f"  preference pairs       A content {f['pairs']['A']}, B interruption "
+        f"{f['pairs']['B']}, C silence {f['pairs']['C']}; resynthesised {f['resynthesized']}",
+        f"  pairs dataset          {f['pairs_dataset'] or 'n/a'}",
         f"  raw user audio left    {f['raw_user_audio_left']}  (every object version + pipeline root)",
         f"  planted PII left       {f['pii_left']}  (every stored text, normalised)",
         f"  report                 {f['report']} (also in MLflow)",

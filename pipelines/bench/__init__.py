@@ -1,7 +1,11 @@
 """Benchmarks that print their figures against a named baseline (``duplexalign bench``).
 
 * ``transcribe`` — RTF and WER of the transcribe stage vs a plain whisper_timestamped loop;
-* ``ingest`` — ingest throughput and peak RSS for growing corpus sizes.
+* ``ingest`` — ingest throughput and peak RSS for growing corpus sizes;
+* ``judge`` — timing detectors and the content judge against the simulator's labels, agreement
+  with the hand-labelled calibration set, replies/s at concurrency 1 (baseline) and 8;
+* ``resynthesize`` — TTS real-time factor and how closely resynthesised turns fit their spans;
+* ``tokenize`` — pair-tensor tokenization frames/s.
 
 Each prints progress on stderr, a readable table on stdout and, as the last stdout line, one
 JSON object of figures.
@@ -14,13 +18,20 @@ import argparse
 from components.common.config import Config
 
 
+BENCHES = ("transcribe", "ingest", "judge", "resynthesize", "tokenize")
+
+
 def run_bench(cfg: Config, which: str, args: argparse.Namespace | None = None) -> int:
     from pipelines.bench.common import bench_lock, ensure_services
 
-    if which not in ("transcribe", "ingest"):
-        raise ValueError(f"unknown bench {which!r}; choose transcribe or ingest")
+    if which not in BENCHES:
+        raise ValueError(f"unknown bench {which!r}; choose one of {', '.join(BENCHES)}")
     cfg = ensure_services(cfg)
     with bench_lock(cfg, which):
+        if which in ("judge", "resynthesize", "tokenize"):
+            import importlib
+
+            return importlib.import_module(f"pipelines.bench.{which}").main(cfg, args)
         if which == "transcribe":
             from pipelines.bench import transcribe
 
