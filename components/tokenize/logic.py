@@ -390,6 +390,8 @@ class PairBuilder:
             record = ResynthesisRecord.model_validate_json(self._get(item.record, "resynthesis.json"))
         except ValueError as exc:
             raise ItemFailure("bad-record", f"resynthesis.json: {exc}") from None
+        if record.pair_id != pair.pair_id:
+            raise ItemFailure("bad-record", f"resynthesis.json is for pair {record.pair_id}")
         chosen, rejected = record.chosen, record.rejected
         if not has_reply(chosen):
             raise ItemFailure("no-chosen-reply", "the chosen side has no words to say")
@@ -420,7 +422,8 @@ class PairBuilder:
             source = "audio"
         if resynthesized and rejected_wav is None:
             rejected_wav, _ = self._wav(item.rejected_model_audio, "rejected_model.wav")
-        n_rejected = frames_of(len(rejected_wav)) if resynthesized else n_base
+        n_rejected = frames_of(len(rejected_wav)) if resynthesized and rejected_wav is not None \
+            else n_base
 
         # Audio (or tokens) shorter than what must be said on it.
         checks = [("chosen_model.wav", n_chosen, chosen.end), ("user.wav", n_user, chosen.end)]

@@ -5,6 +5,8 @@ codes of the resynthesised audio; bad pairs fail per item; a rerun repays nothin
 
 from __future__ import annotations
 
+from typing import Any
+
 import hashlib
 
 import numpy as np
@@ -42,7 +44,7 @@ def timed(text: str, start: float, step: float = 0.4) -> list[WordStamp]:
             for i, w in enumerate(text.split())]
 
 
-def side(words: list[WordStamp], source: str) -> PairSide:
+def side(words: list[WordStamp], source: Any) -> PairSide:
     return PairSide(text=" ".join(w.word for w in words), start=words[0].start, end=words[-1].end,
                     words=words, source=source)
 
@@ -69,7 +71,7 @@ class Inputs:
     def put(self, key: str, data: bytes) -> ObjectRef:
         return ObjectRef(key=key, version_id=self.store.put_bytes(key, data))
 
-    def add(self, name: str, ptype: str, *, model_words: list[WordStamp], model_audio: np.ndarray,
+    def add(self, name: str, ptype: Any, *, model_words: list[WordStamp], model_audio: np.ndarray,
             rejected: PairSide, chosen: PairSide, chosen_audio: np.ndarray, user_audio: np.ndarray,
             rejected_audio: np.ndarray | None = None, logged: bool = True,
             tokenizer_hash: str | None = None, codec_hash: str | None = None,
@@ -81,7 +83,7 @@ class Inputs:
                              tokenizer_hash=tokenizer_hash or self.tok.hash,
                              codec_hash=codec_hash or self.codec.hash, model_version="m/1")
         resynth = rejected_audio is not None
-        rej_wav = rejected_audio if resynth else model_audio
+        rej_wav = rejected_audio if rejected_audio is not None else model_audio
         pair = PreferencePair(
             pair_id=pair_id, conversation_id=cid, user_pseudonym="u-1", type=ptype, reply=1,
             user_turn=0, user_end=5.0, next_user_start=next_user_start, rejected=rejected,

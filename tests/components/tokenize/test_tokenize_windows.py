@@ -3,6 +3,8 @@ tokenizer's text streams (no services)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -29,7 +31,7 @@ def timed(text: str, start: float, step: float = 0.4) -> list[WordStamp]:
             for i, w in enumerate(text.split())]
 
 
-def side(text: str, start: float, source: str = "logged") -> PairSide:
+def side(text: str, start: float, source: Any = "logged") -> PairSide:
     ws = timed(text, start)
     return PairSide(text=text, start=ws[0].start, end=ws[-1].end, words=ws, source=source)
 
