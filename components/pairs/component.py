@@ -12,4 +12,5 @@ def pairs_op(judge_manifest_id: str, profile: str, overrides: str) -> str:
     from components.common.kfp_support import config_from_params
     from components.pairs.logic import build_pairs
 
-    return build_pairs(config_from_params(profile, overrides), judge_manifest_id).manifest.manifest_id
+    run = build_pairs(config_from_params(profile, overrides), judge_manifest_id)
+    return run.manifest.manifest_id

@@ -1,4 +1,4 @@
-"""pairs: one preference pair per selected reply — rejected = what the model did, chosen = the fix.
+"""pairs: one preference pair per selected reply. Rejected = what the model did, chosen = the fix.
 
 Input: a judge manifest (JudgedItem items). Output: a "pairs" manifest whose items are
 PreferencePair records, one per pair, so resynthesize iterates pairs directly.
@@ -151,7 +151,8 @@ def build_pair(cfg: Config, item: JudgedItem, judgement: ConversationJudgement,
             composition = composer.compose(req)
         except ComposeError as exc:
             raise ItemFailure(exc.code, f"reply {reply.index}: {exc.reason}") from exc
-        if kind == "content" and normalise(composition.text) == normalise(rejected.text if rejected else ""):
+        original = rejected.text if rejected else ""
+        if kind == "content" and normalise(composition.text) == normalise(original):
             raise ItemFailure(DROP_PREFIX + "unchanged",
                               f"reply {reply.index}: the rewrite equals the original")
         chosen = rules.composed_side(composition.text, place.start, place.limit,
@@ -174,7 +175,8 @@ def build_pair(cfg: Config, item: JudgedItem, judgement: ConversationJudgement,
             "transcript": item.transcript.model_dump(mode="json"),
             "judgement": item.judgement.model_dump(mode="json"),
             "model_audio": item.model_audio.model_dump(mode="json"),
-            "model_tokens": item.model_tokens.model_dump(mode="json") if item.model_tokens else None,
+            "model_tokens": (item.model_tokens.model_dump(mode="json")
+                             if item.model_tokens else None),
             "chosen_times": "planned" if chosen.source != "moved" else "moved",
             "speaking_rate_wps": p.speaking_rate_wps,
             "chosen_overrun_s": rules.overrun(chosen, reply.next_user_start),

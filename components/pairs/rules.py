@@ -57,7 +57,8 @@ def pair_id(conversation_id: str, reply: int, kind: str, judge_version: str) -> 
 def planned_words(text: str, start: float, rate_wps: float) -> list[WordStamp]:
     """Back-to-back word times at the planned speaking rate."""
     step = 1.0 / rate_wps
-    return [WordStamp(word=w, start=round(start + i * step, 3), end=round(start + (i + 1) * step, 3))
+    return [WordStamp(word=w, start=round(start + i * step, 3),
+                      end=round(start + (i + 1) * step, 3))
             for i, w in enumerate(words_of(text))]
 
 

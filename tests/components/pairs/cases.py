@@ -41,7 +41,8 @@ class Exchange:
 
 
 def build(conversation_id: str, exchanges: list[Exchange], duration_s: float = 60.0,
-          backend_version: str = "judge-v1") -> tuple[JudgedItem, ConversationJudgement, Transcript]:
+          backend_version: str = "judge-v1",
+          ) -> tuple[JudgedItem, ConversationJudgement, Transcript]:
     user_words: list[WordStamp] = []
     model_words: list[WordStamp] = []
     user_turns: list[Turn] = []
