@@ -12,7 +12,9 @@ Per ResynthesizedPair (see README.md for the rules and their reasons):
   waveform is encoded and spliced at the window start, because the codec's codes depend on the
   audio before them (the encoder has a context).
 * USER = the codes of the resynthesised ``user.wav`` (whole waveform), the same on both sides.
-* No logged tokens (``model_tokens`` None): the model's text comes from the redacted transcript's
+* A resynthesised rejected side comes without ``model_tokens`` (resynthesize's convention): the
+  logged tokens from the pair's provenance still give the context before the window.
+* No logged tokens at all: the model's text comes from the redacted transcript's
   words (placeholder words blanked to NO_TOKEN, as scrub blanks logged tokens) and its codes from
   ``rejected_model.wav``; the chosen side is spliced onto that the same way.
 * Windows, per side, frames [lo, hi): lo = start frame of the earlier reply − 1 (its
@@ -68,8 +70,9 @@ if TYPE_CHECKING:
 STAGE = "tokenize"
 # Bump when the tensors this stage writes change for the same inputs and settings.
 TOKENIZE_VERSION = "tokenize-1"
-# Audio may fall this many frames (80 ms) short of the tokens or alignments it must cover:
-# resampling and sample rounding lose a few samples. The shortfall is zero-padded (silence).
+# Audio may end this many frames (80 ms) before the end of a reply it holds (resampling and
+# sample rounding lose a few samples; a word's end time is approximate): the window then ends
+# with the audio. More is a per-item error.
 LENGTH_TOLERANCE_FRAMES = 1
 _FRAME_EPS = 1e-6
 # A redacted word as scrub leaves it: "[PHONE]", "[PERSON]", ...
@@ -300,6 +303,13 @@ def frames_of(samples: int) -> int:
     return -(-samples // FRAME_SIZE)
 
 
+def _provenance_ref(value: Any) -> ObjectRef | None:
+    try:
+        return ObjectRef.model_validate(value) if isinstance(value, dict) else None
+    except ValueError:
+        return None
+
+
 class PairBuilder:
     """Builds one pair's tensors from its stored inputs (reads only; writes nothing)."""
 
@@ -407,13 +417,15 @@ class PairBuilder:
 
         # The model's own streams (the shared prefix; the rejected side unless resynthesized).
         rejected_wav: np.ndarray | None = None
-        if item.model_tokens is not None:
-            tokens = self._tokens(item.model_tokens)
+        tokens_ref = item.model_tokens
+        if tokens_ref is None and resynthesized:
+            # resynthesize leaves model_tokens out when it replaced the rejected reply's audio;
+            # the logged tokens are still the exact context BEFORE the window (both sides').
+            tokens_ref = _provenance_ref(pair.provenance.get("model_tokens"))
+        if tokens_ref is not None:
+            tokens = self._tokens(tokens_ref)
             base_text, base_codes, n_base = tokens.text, tokens.model_codes, tokens.frames
             source = "resynthesized" if resynthesized else "logged-tokens"
-            if n_user < n_base - tol:
-                raise ItemFailure("audio-too-short", f"user.wav has {n_user} frames, the logged "
-                                                     f"tokens {n_base}")
         else:
             rejected_wav, _ = self._wav(item.rejected_model_audio, "rejected_model.wav")
             n_base = frames_of(len(rejected_wav))
@@ -439,7 +451,9 @@ class PairBuilder:
             raise ItemFailure("audio-too-short", f"the streams end before the reply window "
                                                  f"starts (frame {lo})")
 
-        # Text streams (cheap): windows need them before anything is encoded.
+        # Text streams (cheap): windows need them before anything is encoded. The user codes
+        # must exist on every frame, so neither side's data runs past the user audio (resynthesize
+        # writes its tracks up to a horizon shortly after the replies, not the whole log).
         base_prefix_text = np.asarray(base_text, dtype=np.int64)
         chosen_text = splice(base_prefix_text,
                              text_stream(chosen.words, self.tokenizer, n_chosen), lo)
@@ -448,7 +462,7 @@ class PairBuilder:
                                    text_stream(rejected.words, self.tokenizer, n_rejected), lo)
         else:
             rejected_text = base_prefix_text
-        windows = reply_windows(chosen_text, rejected_text, chosen, rejected,
+        windows = reply_windows(chosen_text[:n_user], rejected_text[:n_user], chosen, rejected,
                                 next_user_start=pair.next_user_start,
                                 trailing_pad=self.settings.trailing_pad_frames)
         for name, (a, b) in (("chosen", windows.chosen), ("rejected", windows.rejected)):
@@ -472,7 +486,7 @@ class PairBuilder:
         chosen_side = SideStreams(chosen_text, splice(base.model_codes, chosen_codes, lo))
         if resynthesized:
             assert rejected_wav is not None
-            rej_codes = (base.model_codes if item.model_tokens is None
+            rej_codes = (base.model_codes if tokens_ref is None
                          else self.encode(rejected_wav, min(n_rejected, end)))
             rejected_side = SideStreams(rejected_text, splice(base.model_codes, rej_codes, lo))
         else:

@@ -75,7 +75,11 @@ class Inputs:
             rejected: PairSide, chosen: PairSide, chosen_audio: np.ndarray, user_audio: np.ndarray,
             rejected_audio: np.ndarray | None = None, logged: bool = True,
             tokenizer_hash: str | None = None, codec_hash: str | None = None,
-            next_user_start: float | None = 8.6, transcript_words: list[WordStamp] | None = None) -> str:
+            next_user_start: float | None = 8.6, transcript_words: list[WordStamp] | None = None,
+            horizon: float | None = None, tokens_in_provenance: bool = False) -> str:
+        """``horizon``: the tracks end there (resynthesize writes them up to shortly after the
+        replies, not the whole log); ``tokens_in_provenance``: as resynthesize does for a
+        resynthesised rejected side, the tokens only in the pair's provenance."""
         pair_id = hashlib.sha256(name.encode()).hexdigest()[:24]
         cid = f"conv-{name}"
         tokens = ModelTokens(text_stream(model_words, self.tok, FRAMES),
@@ -84,11 +88,17 @@ class Inputs:
                              codec_hash=codec_hash or self.codec.hash, model_version="m/1")
         resynth = rejected_audio is not None
         rej_wav = rejected_audio if rejected_audio is not None else model_audio
+        if horizon is not None:
+            n = int(horizon * RATE)
+            user_audio, chosen_audio, rej_wav = user_audio[:n], chosen_audio[:n], rej_wav[:n]
+        tokens_ref = (self.put(Keys.conversation_tokens(cid), tokens.to_bytes())
+                      if logged else None)
         pair = PreferencePair(
             pair_id=pair_id, conversation_id=cid, user_pseudonym="u-1", type=ptype, reply=1,
             user_turn=0, user_end=5.0, next_user_start=next_user_start, rejected=rejected,
             chosen=chosen, scores={}, problems=[], judge_backend="test", judge_version="v",
-            serving_model_version="m/1", composer="test", provenance={})
+            serving_model_version="m/1", composer="test",
+            provenance={"model_tokens": tokens_ref.model_dump()} if tokens_ref else {})
         record = ResynthesisRecord(
             pair_id=pair_id, tts_user="test", tts_model="test", user_turns=[], user_speech_end=5.0,
             chosen=chosen, rejected=rejected,
@@ -107,7 +117,7 @@ class Inputs:
                                           encode_wav(rej_wav, RATE)),
             record=self.put(Keys.pair_object(pair_id, "resynthesis.json"),
                             record.model_dump_json().encode()),
-            model_tokens=self.put(Keys.conversation_tokens(cid), tokens.to_bytes()) if logged else None)
+            model_tokens=None if tokens_in_provenance else tokens_ref)
         self.writer.add_item(item.model_dump(mode="json"))
         # What the stage must produce, computed here from the same stored audio (PCM16 on disk).
         from components.common.audio import decode_wav
@@ -145,14 +155,16 @@ def test_tokenize_stage(stage_cfg, stage_store, codec):
     silent_audio = audio([(0.2, 2.1)], seed=2)
     pid_c = inp.add("c", "silence", model_words=greeting, model_audio=silent_audio,
                     rejected=PairSide(text="", start=5.4, end=5.4, words=[], source="none"),
-                    chosen=side(ch_words, "composed"), chosen_audio=chosen_audio, user_audio=user)
+                    chosen=side(ch_words, "composed"), chosen_audio=chosen_audio, user_audio=user,
+                    horizon=7.4)
     # A, the audio-source control: the rejected reply resynthesised too.
     bad_words = timed("I do not know", 5.4)
     pid_a = inp.add("a", "content", model_words=greeting + bad_words,
                     model_audio=audio([(0.2, 2.1), (5.4, 6.9)], seed=2),
                     rejected=side(bad_words, "logged"), chosen=side(ch_words, "rewritten"),
                     chosen_audio=chosen_audio, user_audio=user,
-                    rejected_audio=audio([(0.2, 2.1), (5.4, 6.9)], seed=4))
+                    rejected_audio=audio([(0.2, 2.1), (5.4, 6.9)], seed=4),
+                    horizon=8.4, tokens_in_provenance=True)
     # A without logged tokens: text from the redacted transcript (a PII placeholder in it).
     said = timed("Call me at [PHONE] please", 0.2)
     pid_n = inp.add("n", "content", model_words=said + bad_words, logged=False,
@@ -199,15 +211,17 @@ def test_tokenize_stage(stage_cfg, stage_store, codec):
     assert np.array_equal(p.chosen[0, lo:], text_stream(ch_words, tok, FRAMES)[lo:n])
     assert np.array_equal(p.chosen[1:1 + q, lo:], e["chosen"][:, lo:n])
 
-    # C: the rejected side has no reply: its window is the chosen one.
+    # C: the rejected side has no reply: its window is the chosen one, here cut where the
+    # resynthesised tracks end (7.4 s: frame 93, before the K trailing frames).
     p = pairs[pid_c]
-    assert p.chosen_window == p.rejected_window == (start_frame(5.4) - 1, 96)
+    assert p.chosen_window == p.rejected_window == (start_frame(5.4) - 1, 93) and p.frames == 93
 
     # A resynthesised: both sides' window parts come from text streams and encoded audio.
     p, e = pairs[pid_a], inp.expect[pid_a]
     lo, n = start_frame(5.4) - 1, p.frames
     assert np.array_equal(p.rejected[:, :lo], p.chosen[:, :lo])
-    assert np.array_equal(p.rejected[0, :lo], e["tokens"].text[:lo])
+    assert np.array_equal(p.rejected[0, :lo], e["tokens"].text[:lo])  # via the provenance
+    assert np.array_equal(p.rejected[1:1 + q, :lo], e["tokens"].model_codes[:, :lo])
     assert np.array_equal(p.rejected[0, lo:], text_stream(bad_words, tok, FRAMES)[lo:n])
     assert np.array_equal(p.rejected[1:1 + q, lo:], e["rejected"][:, lo:n])
 
