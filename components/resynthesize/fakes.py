@@ -121,8 +121,8 @@ def fake_value(kind: str, rng: random.Random) -> list[Token]:
         return [(str(number), number_words(number)), (street, street), (street_kind, street_kind)]
     if kind == "CARD":
         payload = "222300" + "".join(str(rng.randrange(10)) for _ in range(9))
-        number = payload + luhn_check_digit(payload)
-        groups = [number[i:i + 4] for i in range(0, 16, 4)]
+        card = payload + luhn_check_digit(payload)
+        groups = [card[i:i + 4] for i in range(0, 16, 4)]
         return [(g, digit_words(g) + ("," if i < 3 else "")) for i, g in enumerate(groups)]
     if kind == "SSN":
         value = f"987-65-432{rng.randrange(10)}"

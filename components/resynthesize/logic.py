@@ -25,7 +25,10 @@ the ConversationJudgement, the scrubbed model audio, the model tokens):
 
 The timeline: from 0 to the pair's horizon = the later side's end + TAIL_MARGIN_S, capped at the
 conversation's duration — what tokenize scores (reply windows cut at the next user turn, K
-trailing PAD frames) lies inside it, and nothing after it is synthesised. A chosen reply that the
+trailing PAD frames) lies inside it, and nothing after it is synthesised. User turns that end
+more than CONTEXT_MARGIN_S before the context tokenize keeps (tokenize.context_frames, else
+model.context, counted back from the horizon) are left silent: the model never sees them, and a
+long conversation's early turns would otherwise cost most of the TTS time. A chosen reply that the
 placement pushes past the conversation's end EXTENDS the timeline (silence on the other tracks)
 rather than failing: the pair stays usable; the record's duration_s says how long it is, and
 provenance.resynthesis.chosen_overrun_s how far it runs past the next user turn.
@@ -76,6 +79,9 @@ MUTE_LEAD_S = 0.04  # a logged reply's audio starts a little before its first wo
 MUTE_TAIL_S = 0.12  # ... and decays a little after its last
 AUDIO_TOLERANCE_S = 0.1  # model audio may end this much before its last word's end
 FRAME_S = 0.08  # timelines are whole 80 ms frames (12.5 Hz), what tokenize encodes
+# User turns ending more than this before tokenize's context starts are not spoken (silence):
+# the margin covers the codec encoder's look-back, so the kept frames' codes are unaffected.
+CONTEXT_MARGIN_S = 10.0
 # Resynthesised user audio is synthetic speech, not a user's voice: marked so audits can tell.
 SYNTHETIC_SPEECH_METADATA = {CONTENT_CLASS_KEY: "synthetic-speech"}
 PROVENANCE_KEYS = ("transcript", "judgement", "model_audio")
@@ -188,6 +194,11 @@ def _side(words: list[WordStamp], source: str) -> PairSide:
                     end=max(w.end for w in words), words=words, source=source)  # type: ignore[arg-type]
 
 
+def context_seconds(cfg: Config) -> float:
+    """The context tokenize keeps (left truncation), in seconds."""
+    return (cfg.tokenize.context_frames or cfg.model.context) * FRAME_S
+
+
 def _horizon(pair: PreferencePair, duration_s: float) -> float:
     end = max(pair.chosen.end, pair.rejected.end)
     return min(duration_s, end + TAIL_MARGIN_S) if duration_s > 0 else end + TAIL_MARGIN_S
@@ -202,7 +213,8 @@ def resynthesize_pair(cfg: Config, pair: PreferencePair, inputs: PairInputs,
         raise ItemFailure("bad-input", "the chosen reply has no words")
     transcript, judgement = inputs.transcript, inputs.judgement
     fakes = FakeValues(r.seed, pair.conversation_id)
-    fit = dict(rate=RATE, fit=r.fit_to_span, scale_min=r.length_scale_min, scale_max=r.length_scale_max)
+    fit: dict[str, Any] = dict(rate=RATE, fit=r.fit_to_span, scale_min=r.length_scale_min,
+                               scale_max=r.length_scale_max)
     horizon = _horizon(pair, max(transcript.duration_s, len(inputs.model_audio) / RATE))
 
     # Fake values in time order, so a model reply echoing a placeholder reuses what the user said
@@ -215,9 +227,12 @@ def resynthesize_pair(cfg: Config, pair: PreferencePair, inputs: PairInputs,
         model_tokens["rejected"] = fakes.tokens([w.word for w in pair.rejected.words], "model", pair.reply)
         model_tokens["chosen"] = fakes.tokens(pair.chosen.text.split(), "chosen", pair.reply)
 
+    earliest = horizon - context_seconds(cfg) - CONTEXT_MARGIN_S
     for turn in sorted(judgement.user_turns, key=lambda u: u.start):
         if turn.start >= horizon:
             break
+        if turn.end < earliest:
+            continue  # before the context tokenize keeps: never seen by the model, not spoken
         if turn.start > reply_at and not model_tokens:
             model_side_tokens()
         words = transcript.user_words[turn.first_word:turn.last_word]

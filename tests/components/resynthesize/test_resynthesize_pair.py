@@ -197,3 +197,13 @@ def test_bad_inputs_are_clear_item_errors(cfg: Config, conversation: Conversatio
     with pytest.raises(ItemFailure) as err:
         resynthesize_pair(cfg, conversation.pairs["A"], broken, *voices)
     assert err.value.code == "bad-judgement"
+
+
+def test_turns_before_the_kept_context_are_not_spoken(conversation: Conversation, voices) -> None:
+    cfg = Config()
+    cfg.tokenize.context_frames = 16  # 1.28 s: + the 10-s margin, turn 0 (ends at ~7.4 s) is out
+    inputs = PairInputs(conversation.transcript, conversation.judgement, conversation.model_audio)
+    result = resynthesize_pair(cfg, conversation.pairs["C"], inputs, *voices)
+    assert [t["turn"] for t in result.record.user_turns] == [1, 2]
+    turn0 = conversation.judgement.user_turns[0]
+    assert _rms(result.user, turn0.start, turn0.end) == 0.0
