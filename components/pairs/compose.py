@@ -211,7 +211,9 @@ class KbComposer:
             fitting = [w for w in wrapped if len(words_of(w)) <= limit]
             if fitting:
                 text, note = fitting[0], note + "+polite"
-        return Composition(trim_words(text, limit), used, note)
+        # The time budget chose the shorter forms above; the hard cap is max_reply_words (a word
+        # cut to the budget would leave a fragment: the stage cuts at sentences only).
+        return Composition(trim_words(text, self.max_words), used, note)
 
 
 # ----------------------------------------------------------------------------- llm composer
@@ -275,8 +277,7 @@ class LlmComposer:
         text = " ".join(str(answer.get("reply", "")).split())
         if not text:
             raise ComposeError("judge-bad-output", "the endpoint answered an empty reply")
-        limit = min(self.max_words, req.max_words) if req.max_words else self.max_words
-        return Composition(trim_words(text, limit), [p.passage_id for p in req.passages],
+        return Composition(trim_words(text, self.max_words), [p.passage_id for p in req.passages],
                            "llm")
 
     def close(self) -> None:

@@ -15,9 +15,11 @@ rules are testable without a store. Precedence (a reply can be flagged on severa
 4. anything else (nothing flagged) -> no pair.
 
 Chosen word times are PLANNED (`speaking_rate_wps`, words back to back); resynthesize replaces
-them with the synthesised speech's measured times. A chosen reply is cut (whole sentences when
-possible, else whole words) so that it ends before the next user turn; at least `MIN_WORDS` words
-are kept, and a reply that still runs past the next turn says so in `overrun_s`.
+them with the synthesised speech's measured times. A chosen reply should end before the next
+user turn: the composer gets the time as a word budget (and says a shorter clause when the
+sentence does not fit), then the text is cut at whole sentences; it is never cut mid-sentence
+(a fragment is worse training text than a tail the tokenizer cuts at the user's next turn), so
+a reply that still runs past the next turn says so in provenance `chosen_overrun_s`.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from components.contract import CONTENT_AXES, PairSide, ReplyJudgement, WordStamp, canonical_json
-from components.pairs.compose import trim_words, words_of
+from components.pairs.compose import split_sentences, words_of
 
-MIN_WORDS = 3  # a chosen reply keeps at least this many words, even when it overruns
+MIN_WORDS = 3  # the smallest time budget a composer is given, in words
 EPS = 1e-6
 
 
@@ -63,27 +65,30 @@ def planned_words(text: str, start: float, rate_wps: float) -> list[WordStamp]:
 
 
 def fit_text(text: str, start: float, limit: float | None, rate_wps: float) -> str:
-    """`text` cut so its planned speech ends by `limit` (whole sentences when possible)."""
+    """`text` cut at a SENTENCE end so its planned speech ends by `limit`; whole when not even
+    its first sentence fits. Never a word cut: "within 30." teaches a fragment on every scored
+    token, while an overrun's tail lies after the next user turn, where tokenize cuts the
+    scored window anyway (the overrun is recorded in the pair's provenance)."""
     if limit is None:
         return text
     fits = int((limit - start) * rate_wps + EPS)
     if fits >= len(words_of(text)):
         return text
-    return trim_words(text, max(MIN_WORDS, fits))
+    kept: list[str] = []
+    for sentence in split_sentences(text):
+        if len(words_of(" ".join(kept + [sentence]))) > fits:
+            break
+        kept.append(sentence)
+    return " ".join(kept) if kept else text
 
 
 def fit_words(words: list[WordStamp], limit: float | None) -> list[WordStamp]:
-    """Timed words cut so they end by `limit`: at a sentence end when one fits, else at a word;
-    at least MIN_WORDS words (or all of them, if fewer)."""
+    """Timed words cut at the last SENTENCE end that ends by `limit`; all of them when none does
+    (same reason as fit_text)."""
     if limit is None or not words or words[-1].end <= limit + EPS:
         return words
-    fits = sum(1 for w in words if w.end <= limit + EPS)
-    keep = max(min(MIN_WORDS, len(words)), fits)
-    # Prefer ending at a sentence end: the last word ending with . ! ? within what fits.
-    ends = [i + 1 for i, w in enumerate(words[:keep]) if w.word[-1:] in ".!?"]
-    if ends and ends[-1] >= min(MIN_WORDS, len(words)):
-        keep = ends[-1]
-    return words[:keep]
+    ends = [i + 1 for i, w in enumerate(words) if w.word[-1:] in ".!?" and w.end <= limit + EPS]
+    return words[:ends[-1]] if ends else words
 
 
 def overrun(side: PairSide, next_user_start: float | None) -> float:

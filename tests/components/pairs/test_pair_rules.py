@@ -8,7 +8,13 @@ import pytest
 from components.common.stagekit import ItemFailure
 from components.contract import PreferencePair
 from components.pairs import rules
-from components.pairs.compose import GENERIC_REPLY, REFUSAL, ComposeRequest, KbComposer
+from components.pairs.compose import (
+    GENERIC_REPLY,
+    REFUSAL,
+    ComposeRequest,
+    KbComposer,
+    trim_words,
+)
 from components.pairs.logic import build_pair, pair_stats
 from tests.components.pairs.cases import Exchange, build
 
@@ -93,10 +99,30 @@ def test_content_and_interruption_starts_after_the_user(cfg, kb):
 
 def test_chosen_reply_is_cut_before_the_next_user_turn(cfg, kb):
     request = "What's the late fee?"
+    # 4.3 s until the user's next turn: the 21-word FAQ sentence does not fit, its clause does.
     pair = _pair(cfg, kb, [Exchange(request, 1.0, "", None, ["unresponsiveness"],
-                                    kb.retrieve(request, 3)), Exchange("Hello?", 5.5)])
-    assert pair.chosen.end <= 5.5 + 1e-6
-    assert len(pair.chosen.words) < 20 and pair.provenance["chosen_overrun_s"] == 0
+                                    kb.retrieve(request, 3)), Exchange("Hello?", 7.0)])
+    assert pair.chosen.text == "A late fee of $7 is added to your next bill."
+    assert pair.chosen.end <= 7.0 and pair.provenance["chosen_overrun_s"] == 0
+
+
+def test_no_fragment_when_even_the_clause_does_not_fit(cfg, kb):
+    request = "What's the late fee?"
+    pair = _pair(cfg, kb, [Exchange(request, 1.0, "", None, ["unresponsiveness"],
+                                    kb.retrieve(request, 3)), Exchange("Hello?", 5.0)])
+    assert pair.chosen.text == "A late fee of $7 is added to your next bill."  # whole clause
+    assert pair.provenance["chosen_overrun_s"] == pytest.approx(pair.chosen.end - 5.0, abs=1e-3)
+    assert pair.provenance["chosen_overrun_s"] > 0
+
+
+def test_moved_reply_is_cut_at_a_sentence_end_before_the_next_turn(cfg, kb):
+    pair = _pair(cfg, kb, [
+        Exchange("Can you tell me what the late fee is on my bill", 1.0,
+                 "The late fee is seven dollars. Autopay saves five dollars a line.", 3.0,
+                 ["interruption"]),
+        Exchange("Okay thanks", 7.5)])
+    assert pair.chosen.text == "The late fee is seven dollars."
+    assert pair.chosen.end <= 7.5
 
 
 def test_reply_without_problems_makes_no_pair(cfg, kb):
@@ -150,8 +176,10 @@ def test_kb_composer_rules(kb, request_text, problems, expect):
 def test_trim_and_fit_helpers():
     text = "One two three. Four five six seven. Eight."
     assert rules.fit_text(text, 0.0, 3.0, 1.0) == "One two three."
+    assert rules.fit_text(text, 0.0, 7.5, 1.0) == "One two three. Four five six seven."
     assert rules.fit_text(text, 0.0, None, 1.0) == text
-    assert rules.fit_text("a b c d e f g h", 0.0, 1.0, 1.0) == "a b c."  # at least MIN_WORDS
+    assert rules.fit_text("a b c d e f g h", 0.0, 1.0, 1.0) == "a b c d e f g h"  # no fragment
+    assert trim_words("a b c d e f g h", 3) == "a b c."  # the hard cap (max_reply_words)
 
 
 def pair_stats_of(pairs: list[PreferencePair]) -> dict:
