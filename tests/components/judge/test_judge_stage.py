@@ -4,7 +4,11 @@ bad input rejected per item while the others complete, and reruns that repay not
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Iterator
 from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -167,3 +171,80 @@ def test_judge_stage_end_to_end(judge_cfg, stage_store):
     j2 = ConversationJudgement.model_validate(s.get_json(a2.judgement.key, a2.judgement.version_id))
     assert j2.model_dump(exclude={"replies"}) == j.model_dump(exclude={"replies"})
     assert [r.scores for r in j2.replies] == [r.scores for r in j.replies]
+
+
+# ----------------------------------------------------------------------------- judge failures
+
+
+class _ScriptedEndpoint(BaseHTTPRequestHandler):
+    """A real OpenAI-compatible chat-completions endpoint (the kind of third-party service the
+    production judge is), scripted: a reply containing "garble" gets garbage (not JSON) back,
+    a reply starting "Ugh" gets tone 1, anything else 5 on every asked axis."""
+
+    calls: list[str] = []
+
+    def log_message(self, *args) -> None:  # keep the test output clean
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        message = body["messages"][-1]["content"]
+        case = json.loads(message[message.rfind("```json") + 7:].split("```")[0])
+        _ScriptedEndpoint.calls.append(case["reply"])
+        if "garble" in case["reply"]:
+            content = "I think this reply is fine overall."
+        else:
+            content = json.dumps({a: {"score": 1 if a == "tone" and case["reply"].startswith("Ugh")
+                                      else 5, "rationale": "scripted", "level_probs": None}
+                                  for a in case["axes"]})
+        out = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
+                          "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                              "role": "assistant", "content": content}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+
+@pytest.fixture
+def scripted_endpoint() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ScriptedEndpoint)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _ScriptedEndpoint.calls = []
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def test_judge_failures_are_recorded_and_never_selected(stage_cfg, stage_store, scripted_endpoint):
+    s = stage_store
+    cfg = stage_cfg.model_copy(deep=True)
+    cfg.judge.backend = "openai"
+    cfg.judge.endpoint = scripted_endpoint
+    cfg.judge.max_retries = 1
+    cfg.judge.backoff_s = 0.0
+    cfg.judge.max_extra_replies = 0
+    user = (words("What's the late fee", 1.0) + words("And the restocking fee", 5.0)
+            + words("How much is device protection", 9.0))
+    model = (words("garble garble garble", 2.4) + words("Ugh fine it is $35", 6.5)
+             + words("Device protection is $15 per month", 10.8))
+    item = put_conversation(s, "conv-f", user, model, duration=14.0)
+    writer = ManifestWriter(s, "scrub", None)
+    writer.add_item(item.model_dump(mode="json"))
+    run = judge(cfg, writer.close().manifest_id)
+    (out,) = [JudgedItem.model_validate(i) for i in iter_items(s, run.manifest)]
+    j = ConversationJudgement.model_validate(s.get_json(out.judgement.key, out.judgement.version_id))
+    failed, rude, third = j.replies
+    assert [f.item for f in j.failures] == ["conv-f#0"]
+    assert j.failures[0].code == "judge-bad-output"
+    assert failed.judged and not failed.selected
+    assert all(failed.scores[a] is None for a in CONTENT_AXES)
+    assert failed.scores["interruption"].score == 5  # timing is still known
+    assert rude.problems == ["tone"] and rude.selected and j.stopped_after == 1
+    assert not third.judged
+    assert out.judge_failures == 1 and out.selected == [1]
+    assert run.manifest.stats["judge_failures"] == 1 and j.backend.startswith("openai:")
+    # one try + one retry for the garbled reply, one call for the rude one; never the third
+    assert _ScriptedEndpoint.calls == ["garble garble garble"] * 2 + ["Ugh fine it is $35"]
