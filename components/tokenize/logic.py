@@ -469,6 +469,15 @@ class PairBuilder:
             if b <= a:
                 raise ItemFailure("empty-window", f"the {name} window [{a}, {b}) is empty (next "
                                                   f"user turn at {pair.next_user_start}s)")
+        for name, s, (a, b) in (("chosen", chosen, windows.chosen),
+                                ("rejected", rejected, windows.rejected)):
+            if has_reply(s) and start_frame(first_start(s)) >= b:
+                # e.g. a reply placed after the next user turn began: its window would score
+                # silence only, not the reply
+                raise ItemFailure("reply-outside-window",
+                                  f"the {name} reply starts at {first_start(s):.2f}s, after its "
+                                  f"window ends (frame {b}; next user turn at "
+                                  f"{pair.next_user_start}s)")
         end = max(windows.chosen[1], windows.rejected[1])
         offset = max(0, end - self.settings.context_frames)
         for name, (a, b) in (("chosen", windows.chosen), ("rejected", windows.rejected)):

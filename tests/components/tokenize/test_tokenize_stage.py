@@ -175,13 +175,15 @@ def test_tokenize_stage(stage_cfg, stage_store, codec):
     inp.add("bad-tok", "interruption", **b, tokenizer_hash="spm-0000000000000000")
     inp.add("bad-codec", "interruption", **b, codec_hash="mimi-0000000000000000")
     inp.add("short", "interruption", **{**b, "user_audio": user[: 6 * RATE]})
+    # ... and a chosen reply placed after the next user turn began (its window: silence only).
+    inp.add("late", "interruption", **b, next_user_start=5.3)
     resynth_id = inp.seal()
 
     run = tokenize(stage_cfg, resynth_id)
     m = run.manifest
-    assert m.counts["items"] == 4 and m.counts["rejected"] == 3, m.counts
+    assert m.counts["items"] == 4 and m.counts["rejected"] == 4, m.counts
     assert {r.code for r in iter_rejects(s, m)} == {"tokenizer-mismatch", "codec-mismatch",
-                                                    "audio-too-short"}
+                                                    "audio-too-short", "reply-outside-window"}
     records = {r["pair_id"]: r for r in iter_items(s, m)}
     assert records[pid_b]["rejected_source"] == "logged-tokens"
     assert records[pid_a]["rejected_source"] == "resynthesized"
@@ -241,7 +243,7 @@ def test_tokenize_stage(stage_cfg, stage_store, codec):
     short = stage_cfg.model_copy(deep=True)
     short.tokenize.context_frames = 60
     cut = tokenize(short, resynth_id)
-    assert cut.processed == 7 and cut.manifest.stats["pairs_dataset"] != version
+    assert cut.processed == 8 and cut.manifest.stats["pairs_dataset"] != version
     p = {x.pair_id: x for x in PairDataset(s, cut.manifest.stats["pairs_dataset"])}[pid_b]
     full = pairs[pid_b]
     assert p.frames == 60 and np.array_equal(p.chosen, full.chosen[:, 36:96])
