@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import threading
 from dataclasses import dataclass
@@ -194,10 +195,12 @@ class KnowledgeBase:
                               Path(judge.model_cache_dir) / "kb-embeddings")
 
     def _passage_matrix(self, cache_dir: Path | None) -> np.ndarray:
-        if self.content_hash in _MATRICES:
-            return _MATRICES[self.content_hash]
         path = cache_dir / f"{self.content_hash}.npy" if cache_dir else None
-        matrix = None
+        matrix = _MATRICES.get(self.content_hash)
+        if matrix is not None:
+            if path is not None and not path.exists():
+                self._save(path, matrix)
+            return matrix
         if path is not None and path.exists():
             try:
                 matrix = np.load(path)
@@ -208,12 +211,16 @@ class KnowledgeBase:
         if matrix is None:
             matrix = self.embedder.embed([p.embedding_text() for p in self.passages])
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".{threading.get_ident()}.tmp.npy")
-                np.save(tmp, matrix)
-                tmp.replace(path)  # atomic: readers never see half a file
+                self._save(path, matrix)
         _MATRICES[self.content_hash] = matrix
         return matrix
+
+    @staticmethod
+    def _save(path: Path, matrix: np.ndarray) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npy")
+        np.save(tmp, matrix)
+        tmp.replace(path)  # atomic: readers never see half a file
 
     def __len__(self) -> int:
         return len(self.passages)

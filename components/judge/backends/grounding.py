@@ -10,8 +10,8 @@ Part of the local backend's factual-accuracy score (a 270M base model cannot com
    Quantities are normalised per dimension (durations in seconds, speeds in Mbps, data in GB, clock
    times in 24-h hours) so "2 hours" meets "10 minutes".
 2. **The passages a claim talks about**: the retrieved passages ranked by the content words they
-   share with the reply sentence that holds the claim (ties: retrieval order); a passage that
-   shares none is not about the claim.
+   share with the reply sentence that holds the claim (ties: shared word pairs such as "one
+   line", then retrieval order); a passage that shares no content word is not about the claim.
 3. **Verdict per claim**: "supported" when one of those passages states the same quantity in the
    same dimension; else "contradicted" when the closest passage that states quantities of that
    dimension shares at least half as many words as the closest passage of all (and none is
@@ -196,6 +196,11 @@ class GroundingResult:
         return "; ".join(parts)
 
 
+def _bigrams(text: str) -> set[tuple[str, str]]:
+    words = re.findall(r"[a-z0-9$%']+", text.lower())
+    return set(zip(words, words[1:]))
+
+
 def _same(a: float, b: float) -> bool:
     return abs(a - b) <= 1e-6 * max(1.0, abs(a), abs(b))
 
@@ -211,10 +216,13 @@ def check_reply(reply: str, passages: Sequence[Passage]) -> GroundingResult:
         if not claims:
             continue
         words = content_words(sentence)
-        # Passages by shared content words (desc), then retrieval order; none shared: unrelated.
-        ranked = sorted(((len(words & fw), -i, p, qs, free)
+        pairs = _bigrams(sentence)
+        # Passages by shared content words, then shared word pairs ("one line"), then retrieval
+        # order; a passage that shares no content word is unrelated.
+        ranked = sorted(((len(words & fw), -i, p, qs, free, len(pairs & _bigrams(p.text)))
                          for i, (p, qs, fw, free) in enumerate(facts)),
-                        key=lambda t: (t[0], t[1]), reverse=True)
+                        key=lambda t: (t[0], t[5], t[1]), reverse=True)
+        ranked = [r[:5] for r in ranked]
         ranked = [r for r in ranked if r[0] > 0]
         for claim in claims:
             checks.append(_check_claim(claim, sentence, ranked))
