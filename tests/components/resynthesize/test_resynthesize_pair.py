@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -207,3 +209,18 @@ def test_turns_before_the_kept_context_are_not_spoken(conversation: Conversation
     assert [t["turn"] for t in result.record.user_turns] == [1, 2]
     turn0 = conversation.judgement.user_turns[0]
     assert _rms(result.user, turn0.start, turn0.end) == 0.0
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                    reason="Debian's espeak-ng is not installed (make system-deps)")
+def test_the_espeak_fallback_resynthesizes_a_pair(conversation: Conversation) -> None:
+    cfg = Config()
+    cfg.resynthesize.user_tts = cfg.resynthesize.model_tts = "espeak"
+    inputs = PairInputs(conversation.transcript, conversation.judgement, conversation.model_audio)
+    result = resynthesize_pair(cfg, conversation.pairs["A"], inputs,
+                               make_tts(cfg, "user"), make_tts(cfg, "model"))
+    assert result.record.tts_user.startswith("espeak:") and result.record.tts_model.startswith("espeak:")
+    for turn in result.record.user_turns:
+        assert turn["fitted_end"] == pytest.approx(turn["end"], abs=FIT_TOLERANCE)
+    assert result.pair.chosen.start >= result.record.user_speech_end
+    assert _rms(result.chosen_model, result.pair.chosen.start, result.pair.chosen.end) > 0.03
