@@ -246,6 +246,8 @@ def resynthesize_pair(cfg: Config, pair: PreferencePair, inputs: PairInputs,
     fit_errors: list[float] = []
     measured_end: dict[int, float] = {}
     for turn, tokens in turns:
+        if not any(spoken.split() for _, spoken in tokens):
+            continue  # nothing sayable (punctuation-only ASR output): silence, as logged
         words = transcript.user_words[turn.first_word:turn.last_word]
         start, end = words[0].start, max(w.end for w in words)
         clip = fit_to_span(user_tts, tokens, start, end, **fit)
