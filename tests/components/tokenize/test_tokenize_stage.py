@@ -12,7 +12,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from components.common.audio import encode_wav
+from components.common.audio import decode_wav, encode_wav
 from components.common.stagekit import ManifestWriter, iter_items, iter_rejects
 from components.contract import (
     Keys,
@@ -67,6 +67,7 @@ class Inputs:
         self.store, self.tok, self.codec = store, tokenizer, codec
         self.writer = ManifestWriter(store, "resynthesize", None)
         self.expect: dict[str, dict] = {}
+        self._codes: dict[str, np.ndarray] = {}
 
     def put(self, key: str, data: bytes) -> ObjectRef:
         return ObjectRef(key=key, version_id=self.store.put_bytes(key, data))
@@ -83,7 +84,10 @@ class Inputs:
         pair_id = hashlib.sha256(name.encode()).hexdigest()[:24]
         cid = f"conv-{name}"
         tokens = ModelTokens(text_stream(model_words, self.tok, FRAMES),
-                             self.codec.encode(model_audio, RATE)[:, :FRAMES], frame_rate=12.5,
+                             # the stage never re-encodes logged codes: any valid codes do
+                             np.random.default_rng(len(self.expect)).integers(
+                                 0, self.codec.card, size=(self.codec.num_codebooks, FRAMES)),
+                             frame_rate=12.5,
                              tokenizer_hash=tokenizer_hash or self.tok.hash,
                              codec_hash=codec_hash or self.codec.hash, model_version="m/1")
         resynth = rejected_audio is not None
@@ -119,18 +123,21 @@ class Inputs:
                             record.model_dump_json().encode()),
             model_tokens=None if tokens_in_provenance else tokens_ref)
         self.writer.add_item(item.model_dump(mode="json"))
-        # What the stage must produce, computed here from the same stored audio (PCM16 on disk).
-        from components.common.audio import decode_wav
-
-        def codes(ref: ObjectRef) -> np.ndarray:
-            x, rate = decode_wav(self.store.get_bytes(ref.key, ref.version_id))
-            return self.codec.encode(x[:, 0], rate)
-
-        self.expect[pair_id] = {"tokens": tokens, "user": codes(item.user_audio),
-                                "chosen": codes(item.chosen_model_audio),
-                                "rejected": codes(item.rejected_model_audio),
-                                "chosen_side": chosen, "rejected_side": rejected}
+        self.expect[pair_id] = {"tokens": tokens, "user": item.user_audio,
+                                "chosen": item.chosen_model_audio,
+                                "rejected": item.rejected_model_audio}
         return pair_id
+
+    def codes(self, pair_id: str, which: str) -> np.ndarray:
+        """What the stage must produce for that track: the codec's codes of the stored audio
+        (PCM16 on disk), whole waveform; identical audio is encoded once."""
+        ref = self.expect[pair_id][which]
+        data = self.store.get_bytes(ref.key, ref.version_id)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest not in self._codes:
+            x, rate = decode_wav(data)
+            self._codes[digest] = self.codec.encode(x[:, 0], rate)
+        return self._codes[digest]
 
     def seal(self) -> str:
         return self.writer.close().manifest_id
@@ -206,12 +213,12 @@ def test_tokenize_stage(stage_cfg, stage_store, codec):
     # Rejected: the model's exact logged tokens; user rows: the resynthesised user audio's codes.
     assert np.array_equal(p.rejected[0], e["tokens"].text[:n])
     assert np.array_equal(p.rejected[1:1 + q], e["tokens"].model_codes[:, :n])
-    assert np.array_equal(p.rejected[1 + q:], e["user"][:, :n])
+    assert np.array_equal(p.rejected[1 + q:], inp.codes(pid_b, "user")[:, :n])
     assert np.array_equal(p.chosen[1 + q:], p.rejected[1 + q:])
     # Chosen: identical before lo; the chosen words' text and chosen audio's codes from lo on.
     assert np.array_equal(p.chosen[:, :lo], p.rejected[:, :lo])
     assert np.array_equal(p.chosen[0, lo:], text_stream(ch_words, tok, FRAMES)[lo:n])
-    assert np.array_equal(p.chosen[1:1 + q, lo:], e["chosen"][:, lo:n])
+    assert np.array_equal(p.chosen[1:1 + q, lo:], inp.codes(pid_b, "chosen")[:, lo:n])
 
     # C: the rejected side has no reply: its window is the chosen one, here cut where the
     # resynthesised tracks end (7.4 s: frame 93, before the K trailing frames).
@@ -225,14 +232,14 @@ def test_tokenize_stage(stage_cfg, stage_store, codec):
     assert np.array_equal(p.rejected[0, :lo], e["tokens"].text[:lo])  # via the provenance
     assert np.array_equal(p.rejected[1:1 + q, :lo], e["tokens"].model_codes[:, :lo])
     assert np.array_equal(p.rejected[0, lo:], text_stream(bad_words, tok, FRAMES)[lo:n])
-    assert np.array_equal(p.rejected[1:1 + q, lo:], e["rejected"][:, lo:n])
+    assert np.array_equal(p.rejected[1:1 + q, lo:], inp.codes(pid_a, "rejected")[:, lo:n])
 
     # A without tokens: the transcript's text (placeholder blanked) and the model audio's codes.
     p, e = pairs[pid_n], inp.expect[pid_n]
     n = p.frames
     assert np.array_equal(p.rejected[0], transcript_text(said + bad_words, tok, FRAMES)[:n])
     assert (p.rejected[0] == -1).any()
-    assert np.array_equal(p.rejected[1:1 + q], e["rejected"][:, :n])
+    assert np.array_equal(p.rejected[1:1 + q], inp.codes(pid_n, "rejected")[:, :n])
 
     # Rerun: nothing redone, the identical manifest and dataset version.
     again = tokenize(stage_cfg, resynth_id)
