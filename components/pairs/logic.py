@@ -26,6 +26,7 @@ import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import Any
 
 from components.common.config import Config
@@ -59,6 +60,7 @@ from components.pairs.compose import (
     KbComposer,
     LlmComposer,
     normalise,
+    one_torch_thread,
 )
 
 STAGE = "pairs"
@@ -317,10 +319,15 @@ def build_pairs(cfg: Config, judge_manifest_id: str, composer: Composer | None =
             raise ItemFailure("bad-judgement", f"selected reply {index} is not in the judgement")
         kind = rules.pair_type(reply.problems)
         needs_composer = kind in ("content", "silence")
-        pair = build_pair(cfg, item, judgement, transcript, reply,
-                          get_composer() if needs_composer else _NoComposer(),
-                          kb().retrieve if needs_composer and not reply.passages else None,
-                          judge_manifest_id)
+        # The KB composer runs items one at a time: MiniLM (retrieval too) on one torch thread.
+        # The LLM composer runs them on a thread pool: the process-wide setting stays as it is.
+        threads = one_torch_thread() if needs_composer and cfg.pairs.composer == "kb" \
+            else nullcontext()
+        with threads:
+            pair = build_pair(cfg, item, judgement, transcript, reply,
+                              get_composer() if needs_composer else _NoComposer(),
+                              kb().retrieve if needs_composer and not reply.passages else None,
+                              judge_manifest_id)
         return pair.model_dump(mode="json")
 
     def stats() -> dict[str, Any]:
