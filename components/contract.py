@@ -65,6 +65,10 @@ CONVERSATION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 CONTENT_CLASS_KEY = "duplexalign-content"
 USER_AUDIO = "user-audio"
 USER_AUDIO_METADATA = {CONTENT_CLASS_KEY: USER_AUDIO}
+# Speech synthesised by the pipeline (resynthesize's user side and chosen replies): no user's
+# voice, so never counted as user audio even where it carries a user-side name (user.wav).
+SYNTHETIC_SPEECH = "synthetic-speech"
+SYNTHETIC_SPEECH_METADATA = {CONTENT_CLASS_KEY: SYNTHETIC_SPEECH}
 
 
 class _Model(BaseModel):

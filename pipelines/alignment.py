@@ -1,16 +1,23 @@
 """The alignment pipeline: the stages that exist, composed in order.
 
 Stages pass manifest ids only (short strings): no audio, text or PII ever lands in KFP's pipeline
-root or metadata store. Caching is off for every task here: ingest and scrub read and delete
-mutable state, and transcribe's output is only valid while its quarantine objects exist.
-Later stages (judge, resynthesize, validate, train, evaluate, deploy) extend this pipeline.
+root or metadata store (the pairs report, an HTML artefact, carries only redacted text and the
+synthetic user voice). Caching is off for every task here: ingest and scrub read and delete
+mutable state, transcribe's output is only valid while its quarantine objects exist, and the
+later stages keep their own per-item markers and content-hash caches (a rerun repays nothing),
+which, unlike KFP's cache, honour erasure. Later issues add validate, train, evaluate, deploy.
 """
 
 
 from kfp import dsl
 
 from components.ingest.component import ingest_op
+from components.judge.component import judge_op
+from components.pairs.component import pairs_op
+from components.report.component import pairs_report_op
+from components.resynthesize.component import resynthesize_op
 from components.scrub.component import scrub_op
+from components.tokenize.component import tokenize_op
 from components.transcribe.component import transcribe_op, transcript_wer_op
 
 PIPELINE_NAME = "duplexalign-alignment"
@@ -18,7 +25,8 @@ PIPELINE_NAME = "duplexalign-alignment"
 
 @dsl.pipeline(
     name=PIPELINE_NAME,
-    description="Logged full-duplex conversations → ingest → transcribe → scrub (privacy) → ...",
+    description="Logged full-duplex conversations → ingest → transcribe → scrub (privacy) → "
+                "judge → preference pairs → resynthesize → pair tensors → report",
 )
 def alignment_pipeline(
     input_manifest_id: str,
@@ -28,7 +36,8 @@ def alignment_pipeline(
 ) -> str:
     """input_manifest_id: a sealed raw batch (`duplexalign seal raw/<batch>/`); profile: ci, demo,
     bench or production; overrides: JSON object of dotted config keys; groundtruth_bucket: only
-    for the embedded world's audits (empty in production). Returns the last stage's manifest id."""
+    for the embedded world's audits (empty in production). Returns the tokenize manifest id
+    (its stats name the pair-tensor dataset version the trainer consumes)."""
     ingest = ingest_op(input_manifest_id=input_manifest_id, profile=profile, overrides=overrides)
     ingest.set_display_name("ingest")
     transcribe = transcribe_op(ingest_manifest_id=ingest.output, profile=profile, overrides=overrides)
@@ -40,6 +49,18 @@ def alignment_pipeline(
     scrub = scrub_op(transcribe_manifest_id=transcribe.output, profile=profile,
                      overrides=overrides, after_audit=audit.output)
     scrub.set_display_name("scrub")
-    for task in (ingest, transcribe, audit, scrub):
+    judge = judge_op(scrub_manifest_id=scrub.output, profile=profile, overrides=overrides)
+    judge.set_display_name("judge")
+    pairs = pairs_op(judge_manifest_id=judge.output, profile=profile, overrides=overrides)
+    pairs.set_display_name("preference pairs")
+    resynth = resynthesize_op(pairs_manifest_id=pairs.output, profile=profile, overrides=overrides)
+    resynth.set_display_name("resynthesize")
+    tokens = tokenize_op(resynthesize_manifest_id=resynth.output, profile=profile,
+                         overrides=overrides)
+    tokens.set_display_name("pair tensors")
+    report = pairs_report_op(tokenize_manifest_id=tokens.output, profile=profile,
+                             overrides=overrides)
+    report.set_display_name("pairs report")
+    for task in (ingest, transcribe, audit, scrub, judge, pairs, resynth, tokens, report):
         task.set_caching_options(False)
-    return scrub.output
+    return tokens.output

@@ -17,7 +17,7 @@ from pathlib import Path
 from components.common.config import Config
 from components.common.stagekit import iter_items, load_manifest
 from components.common.storage import ObjectStore
-from components.contract import CONTENT_CLASS_KEY, USER_AUDIO
+from components.contract import CONTENT_CLASS_KEY, SYNTHETIC_SPEECH, USER_AUDIO
 from components.scrub.pii import normalise_for_pii_search, occurs_in_normalised
 
 TEXT_SUFFIXES = (".json", ".jsonl", ".txt", ".md", ".html", ".csv", ".yaml", ".yml", ".log")
@@ -34,10 +34,14 @@ class AuditResult:
 
 
 def _is_user_audio(store: ObjectStore, key: str, version_id: str | None) -> bool:
-    if key.rsplit("/", 1)[-1] in USER_AUDIO_NAMES:
-        return True
+    """By content class, and by name unless the object says it is synthetic speech (the
+    resynthesised user side is TTS in a voice that is no user's): a user-side name without
+    that mark counts, whatever its prefix."""
     info = store.stat(key, version_id=version_id)
-    return bool(info and (info.metadata or {}).get(CONTENT_CLASS_KEY) == USER_AUDIO)
+    content = (info.metadata or {}).get(CONTENT_CLASS_KEY) if info else None
+    if content == SYNTHETIC_SPEECH:
+        return False
+    return key.rsplit("/", 1)[-1] in USER_AUDIO_NAMES or content == USER_AUDIO
 
 
 def count_user_audio(store: ObjectStore, roots: list[Path]) -> tuple[int, list[str]]:

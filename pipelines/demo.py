@@ -60,11 +60,10 @@ def collect_figures(cfg: Config, final_manifest_id: str) -> dict[str, Any]:
 
 
 def pair_counts(pairs: Any) -> dict[str, int]:
-    """Pairs by the paper's type letters (A content, B interruption, C silence)."""
-    from components.contract import PAIR_TYPE_LETTER
-
+    """Pairs by the paper's type letters (A content, B interruption, C silence), from the pairs
+    stage's stats."""
     by_type = (pairs.stats.get("by_type", {}) if pairs else {}) or {}
-    return {letter: int(by_type.get(kind, 0)) for kind, letter in PAIR_TYPE_LETTER.items()}
+    return {letter: int(by_type.get(letter, 0)) for letter in ("A", "B", "C")}
 
 
 def run_demo(cfg: Config, conversations: int | None = None) -> int:

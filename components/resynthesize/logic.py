@@ -54,8 +54,8 @@ from components.common.config import Config
 from components.common.stagekit import ItemFailure, StageRun, iter_items, load_manifest, run_items
 from components.common.storage import ObjectStore, StorageError
 from components.contract import (
-    CONTENT_CLASS_KEY,
     MODEL_SAMPLE_RATE,
+    SYNTHETIC_SPEECH_METADATA,
     ConversationJudgement,
     Keys,
     ObjectRef,
@@ -82,8 +82,6 @@ FRAME_S = 0.08  # timelines are whole 80 ms frames (12.5 Hz), what tokenize enco
 # User turns ending more than this before tokenize's context starts are not spoken (silence):
 # the margin covers the codec encoder's look-back, so the kept frames' codes are unaffected.
 CONTEXT_MARGIN_S = 10.0
-# Resynthesised user audio is synthetic speech, not a user's voice: marked so audits can tell.
-SYNTHETIC_SPEECH_METADATA = {CONTENT_CLASS_KEY: "synthetic-speech"}
 PROVENANCE_KEYS = ("transcript", "judgement", "model_audio")
 
 
