@@ -57,6 +57,14 @@ def test_demo_end_to_end(tmp_path):
     assert summary["pii_left"] == 0
     assert summary["transcript_wer"] is not None and summary["transcript_wer"] <= 0.10
     assert "duplexalign demo — summary" in out.stdout
+    # Judge and preference pairs: every scrubbed conversation judged, pairs made from its own
+    # replies (the tiny champion interrupts and goes silent, so timing pairs at least), each
+    # resynthesised and tokenised into a dataset version the trainer can stream.
+    assert summary["judged"] == summary["scrubbed"]
+    assert summary["judge_failures"] == 0
+    assert set(summary["pairs"]) == {"A", "B", "C"} and sum(summary["pairs"].values()) > 0
+    assert summary["resynthesized"] == sum(summary["pairs"].values())
+    assert summary["pairs_dataset"].startswith("pairs-")
     # The conversations were the champion's own: it was bootstrapped, registered and served.
     assert summary["champion_version"] == "1"
     assert summary["served"]["model_version"] == f"{cfg.model.registered_name}/1"
@@ -94,6 +102,7 @@ def test_run_killed_mid_transcribe_then_rerun_processes_each_conversation_once(s
     assert chain["transcribe"].counts["items"] == chain["scrub"].counts["items"] == ingested > 0
     markers = [i.key for i in store.list(Keys.item_state_prefix("transcribe", chain["ingest"].manifest_id))]
     assert len(markers) == len(set(markers)) == ingested  # each conversation transcribed once
-    assert load_manifest(store, final).stage == "scrub"
+    assert load_manifest(store, final).stage == "tokenize"
+    assert chain["judge"].counts["items"] == ingested
     audit = audit_run(stage_cfg, sim.conversation_ids)
     assert (audit.raw_user_audio_left, audit.pii_left) == (0, 0), audit.findings
