@@ -162,14 +162,16 @@ class _Resources:
                 cached = None
             if cached is not None:
                 out[i] = cached
-                self.cache_hits += 1
+                with self._lock:
+                    self.cache_hits += 1
             else:
                 todo.append(i)
         if todo:
             t0 = time.monotonic()
             results = self.backend.score([requests[i] for i in todo])
-            self.backend_seconds += time.monotonic() - t0
-            self.backend_requests += len(todo)
+            with self._lock:
+                self.backend_seconds += time.monotonic() - t0
+                self.backend_requests += len(todo)
             for i, result in zip(todo, results):
                 out[i] = result
                 if cache is not None and isinstance(result, dict):
@@ -324,6 +326,7 @@ def judge(cfg: Config, scrub_manifest_id: str) -> StageRun:
     totals: Counter[str] = Counter()
     processed: set[str] = set()
     keys: dict[str, str] = {}
+    tally_lock = threading.Lock()
 
     def key() -> str:
         if "key" not in keys:
@@ -339,7 +342,8 @@ def judge(cfg: Config, scrub_manifest_id: str) -> StageRun:
         judgement = judge_conversation(cfg, res, item, transcript, seg, key())
         jkey = Keys.judgement(item.conversation_id, key())
         version = store.put_json(jkey, judgement.model_dump(mode="json"))
-        _tally(totals, judgement)
+        with tally_lock:
+            _tally(totals, judgement)
         problems = Counter(a for r in judgement.replies for a in r.problems)
         return JudgedItem(**item.model_dump(), judgement=ObjectRef(key=jkey, version_id=version),
                           replies=len(judgement.replies), problems=dict(sorted(problems.items())),
@@ -371,8 +375,12 @@ def judge(cfg: Config, scrub_manifest_id: str) -> StageRun:
                 "backend_requests": scored, "cache_hits": res.cache_hits,
                 "seconds_per_reply": round(res.backend_seconds / scored, 3) if scored else None}
 
+    # An HTTP endpoint is I/O-bound: conversations go to it concurrently (each conversation's
+    # replies stay in order). A local LM computes one forward at a time anyway.
+    concurrency = cfg.judge.concurrency if cfg.judge.backend == "openai" else 1
     try:
         return run_items(store, STAGE, scrub_manifest_id, items(), process,
-                         total=manifest.counts.get("items"), extra_stats=extra_stats)
+                         total=manifest.counts.get("items"), extra_stats=extra_stats,
+                         concurrency=concurrency)
     finally:
         res.close()
