@@ -81,7 +81,8 @@ def judge_settings(cfg: Config) -> dict[str, Any]:
     selection): hashed into the judge key, so changing any of it writes a new judgement."""
     j = cfg.judge
     return {"thresholds": {a: thresholds(cfg)[a] for a in JUDGE_AXES},
-            "timing": asdict(TimingSettings.from_config(j)) | {"backchannels": sorted(j.backchannels)},
+            "timing": asdict(TimingSettings.from_config(j)) | {
+                "backchannels": sorted(j.backchannels)},
             "retrieval": {"embedding_model": j.embedding_model, "top_k": j.top_k_passages},
             "selection": {"max_extra_replies": j.max_extra_replies,
                           "stop_when_selected": j.stop_when_selected},
@@ -223,8 +224,14 @@ def context_of(seg: Segmentation, upto: int) -> str:
     return "\n".join(lines[-CONTEXT_LINES:])
 
 
-def problems_of(scores: dict[str, AxisScore | None], limits: dict[str, float]) -> list[str]:
-    return [a for a in JUDGE_AXES if scores.get(a) is not None and scores[a].score <= limits[a]]
+def problems_of(scores: dict[str, AxisScore | None], limits: dict[str, float]) -> list[Any]:
+    """The axes scored at or below their threshold, in JUDGE_AXES order (unscored: never)."""
+    out = []
+    for axis in JUDGE_AXES:
+        score = scores.get(axis)
+        if score is not None and score.score <= limits[axis]:
+            out.append(axis)
+    return out
 
 
 class Selection:
@@ -261,10 +268,10 @@ def judge_conversation(cfg: Config, res: _Resources, item: ScrubbedItem, transcr
     failures: list[ItemError] = []
     stopped_after: int | None = None
     for span in seg.replies:
-        base = dict(index=span.index, user_turn=span.user_turn, model_turn=span.model_turn,
-                    request=span.request, text=span.text, start=span.start, end=span.end,
-                    user_end=span.user_end, next_user_start=span.next_user_start,
-                    events=span.events)
+        base: dict[str, Any] = dict(
+            index=span.index, user_turn=span.user_turn, model_turn=span.model_turn,
+            request=span.request, text=span.text, start=span.start, end=span.end,
+            user_end=span.user_end, next_user_start=span.next_user_start, events=span.events)
         if span.user_turn is None or stopped_after is not None:  # greeting, or after the stop
             replies.append(ReplyJudgement(scores={a: None for a in JUDGE_AXES}, judged=False,
                                           **base))

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from components.common.stagekit import ItemFailure
 from components.contract import AxisScore, TimingEvent, Transcript, Turn, WordStamp
@@ -139,7 +139,8 @@ def _check_side(words: list[WordStamp], side: str) -> None:
                               f"{b.start:.3f}s, before the previous word ({a.start:.3f}s)")
         if b.start < a.end - TIMESTAMP_SLACK_S:
             raise ItemFailure("bad-timestamps", f"{side} words {i - 1} and {i} overlap: "
-                              f"{a.word!r} ends at {a.end:.3f}s, {b.word!r} starts at {b.start:.3f}s")
+                              f"{a.word!r} ends at {a.end:.3f}s, "
+                              f"{b.word!r} starts at {b.start:.3f}s")
 
 
 def check_transcript(transcript: Transcript, audio_duration_s: float | None = None) -> None:
@@ -314,8 +315,8 @@ def detect(span: ReplySpan, s: TimingSettings, *, conversation_end: float) -> li
     """The timing events of one reply window (definitions: module docstring)."""
     if span.user_turn is None or span.user_end is None or span.user_start is None:
         return []
-    common = dict(user_turn=span.user_turn, reply=span.index, user_start=span.user_start,
-                  user_end=span.user_end)
+    common: dict[str, Any] = dict(user_turn=span.user_turn, reply=span.index,
+                                  user_start=span.user_start, user_end=span.user_end)
     if span.latency is None:
         waited = _waited(span, conversation_end)
         if waited > s.unresponsive_after_s:
@@ -353,14 +354,16 @@ def timing_scores(span: ReplySpan, s: TimingSettings, *,
     if overlap > SEVERE_OVERLAP_S:
         i_score, i_why = 1, f"started {overlap:.2f} s before the user finished (severe)"
     elif overlap > tol:
-        i_score, i_why = 2, f"started {overlap:.2f} s before the user finished (tolerance {tol:.2f} s)"
+        i_score, i_why = 2, (f"started {overlap:.2f} s before the user finished "
+                             f"(tolerance {tol:.2f} s)")
     elif overlap > 0:
         i_score, i_why = 4, f"started {overlap:.2f} s before the user finished, within tolerance"
     else:
         i_score, i_why = 5, "started after the user finished"
     latency = span.latency
     if latency > thr:
-        u_score, u_why = 2, f"reply came {latency:.2f} s after the user's end (threshold {thr:.2f} s)"
+        u_score, u_why = 2, (f"reply came {latency:.2f} s after the user's end "
+                             f"(threshold {thr:.2f} s)")
     elif latency > thr / 2:
         u_score, u_why = 4, f"reply came {latency:.2f} s after the user's end"
     else:

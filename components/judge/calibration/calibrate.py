@@ -111,7 +111,8 @@ def agreement(hand: Sequence[bool], judged: Sequence[bool]) -> dict[str, float |
             "kappa": (po - pe) / (1 - pe) if pe < 1 else None}
 
 
-def best_threshold(hand: Sequence[bool], scores: Sequence[float]) -> tuple[float | None, float | None, float | None]:
+def best_threshold(hand: Sequence[bool],
+                   scores: Sequence[float]) -> tuple[float | None, float | None, float | None]:
     """(threshold, kappa, accuracy) maximising kappa over thresholds between observed scores
     (problem = score <= threshold); ties go to the higher accuracy, then the lower threshold."""
     if not scores:

@@ -17,11 +17,11 @@ from components.judge.calibration.calibrate import (
 def test_calibrate_with_the_local_backend(judge_local_backend):
     cfg = load_config("ci")
     items = load_items()
-    # three items keep the test short (~4 s a reply on 2 busy cores); the whole set is
+    # two items keep the test short (4-10 s a reply on 2 busy cores); the whole set is
     # `python -m components.judge.calibration.calibrate`
-    wanted = ("fact-unlimited-wrong", "unsafe-clone-comply", "talk-howareyou-ok")
+    wanted = ("fact-unlimited-wrong", "talk-howareyou-ok")
     picked = [it for it in items if it.id in wanted]
-    assert len(picked) == 3
+    assert len(picked) == 2
     report = calibrate(cfg, judge_local_backend, picked)
     assert report.items == len(picked) and report.backend == judge_local_backend.name
     assert report.backend_version == judge_local_backend.version
