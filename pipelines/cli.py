@@ -33,7 +33,9 @@ examples:
   duplexalign bench transcribe              stage vs plain whisper_timestamped loop: RTF and WER
   duplexalign bench judge                   detectors and content judge vs the simulator's
                                             labels; replies/s at concurrency 1 and 8
-  duplexalign judge serve --port 8089       OpenAI-compatible server in front of the local judge
+  duplexalign bench resynthesize            TTS real-time factor, fit of resynthesised user turns
+  duplexalign bench tokenize                pair-tensor tokenization frames/s
+  duplexalign judge serve --port 8765       OpenAI-compatible server in front of the local judge
   duplexalign --set transcribe.model_source=s3://models/whisper-small run --latest
 """
 
@@ -147,7 +149,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_judge(args: argparse.Namespace) -> int:
     from components.judge.server import main as serve_main
 
-    return int(serve_main(["--port", str(args.port)], cfg=args.base_config) or 0)
+    argv = ["--port", str(args.port)] + (["--require-key"] if args.require_key else [])
+    return int(serve_main(argv, cfg=args.base_config) or 0)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -223,25 +226,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("compile", cmd_compile, "compile the pipeline to KFP IR YAML")
     p.add_argument("--output", default=None, help="default: pipelines/alignment.yaml")
 
-    p = add("demo", cmd_demo, "the whole platform on this machine: services up, simulate, run the "
-                              "pipeline, audit privacy; ends with one JSON line")
-    p.add_argument("--conversations", type=int, default=None)
+    p = add("demo", cmd_demo, "the whole platform on this machine: services up, bootstrap the "
+                              "champion, it serves simulated users, the pipeline (ingest, "
+                              "transcribe, scrub, judge, pairs, resynthesize, tokenize, report), "
+                              "privacy audit, baseline behaviour; ends with one JSON line")
+    p.add_argument("--conversations", type=int, default=None,
+                   help="simulated users the champion serves (default: simulate.conversations)")
 
     p = add("judge", cmd_judge, "the judge's own tools: `serve` runs the project's "
                                 "OpenAI-compatible chat-completions server in front of the local "
                                 "judge (loopback), for tests, benches and as a drop-in endpoint")
     p.add_argument("action", choices=["serve"])
-    p.add_argument("--port", type=int, default=8089, help="serve: port on 127.0.0.1 (0 = free)")
+    p.add_argument("--port", type=int, default=8765, help="serve: port on 127.0.0.1 (0 = free)")
+    p.add_argument("--require-key", action="store_true",
+                   help="serve: answer only requests bearing the API key named by "
+                        "judge.api_key_env / judge.api_key_file")
 
     p = add("bench", cmd_bench, "benchmarks that print their figures against a named baseline")
     p.add_argument("which", choices=["transcribe", "ingest", "judge", "resynthesize", "tokenize"])
     p.add_argument("--conversations", type=int, default=None,
-                   help="transcribe: how many conversations to time (default 6); judge: "
-                        "on-policy conversations to judge (default 24)")
+                   help="transcribe: conversations to time (default 6); judge: on-policy "
+                        "conversations to judge (default 24); resynthesize: conversations "
+                        "(default 6); tokenize: pairs (default 12)")
     p.add_argument("--sizes", default="1000,10000",
                    help="ingest: corpus sizes to measure (comma separated)")
     p.add_argument("--repeats", type=int, default=None,
-                   help="transcribe: timed runs per path, best reported (default 3)")
+                   help="transcribe: timed runs per path, best reported (default 3); "
+                        "tokenize: timed runs (default 2)")
     return parser
 
 
