@@ -65,8 +65,8 @@ CONVERSATION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 CONTENT_CLASS_KEY = "duplexalign-content"
 USER_AUDIO = "user-audio"
 USER_AUDIO_METADATA = {CONTENT_CLASS_KEY: USER_AUDIO}
-# Speech synthesised by the pipeline (resynthesize's user side and chosen replies): no user's
-# voice, so never counted as user audio even where it carries a user-side name (user.wav).
+# Speech synthesised by the pipeline (resynthesize's user side, pairs/<id>/user.wav): no user's
+# voice, so never counted as user audio although it carries a user-side name.
 SYNTHETIC_SPEECH = "synthetic-speech"
 SYNTHETIC_SPEECH_METADATA = {CONTENT_CLASS_KEY: SYNTHETIC_SPEECH}
 
@@ -600,7 +600,8 @@ class ResynthesisRecord(_Model):
     pair_id: str
     tts_user: str  # backend and voice id of the user side
     tts_model: str  # backend and voice id of the model side
-    user_turns: list[dict[str, Any]]  # {"turn", "start", "end", "fitted_end", "length_scale"}
+    # {"turn", "start", "end", "fitted_start", "fitted_end", "length_scale"} per user turn
+    user_turns: list[dict[str, Any]]
     user_speech_end: float  # measured end of the resynthesised user turn the reply answers
     chosen: PairSide  # the chosen side as placed (word times of the synthesised speech)
     rejected: PairSide  # as logged, or as resynthesised (rejected_audio="resynthesized")
@@ -632,7 +633,8 @@ class PairDatasetManifest(_Model):
     components/streams/pairset.py."""
 
     schema_version: int = SCHEMA_VERSION
-    version: str  # "pairs-" + sha256 of (shard keys, hashes, settings)[:24]
+    # "pairs-" + sha256 of (schema version, input manifest, shard keys and hashes, settings)[:24]
+    version: str
     input_manifest_id: str
     tokenizer_hash: str
     codec_hash: str
