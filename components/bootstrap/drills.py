@@ -39,7 +39,7 @@ from components.common.audio import quantize_pcm16, resample
 from components.common.config import Config
 from components.contract import MODEL_SAMPLE_RATE, WordStamp, canonical_json
 from components.simulate import world as W
-from components.simulate.textnorm import Token, normalize, spoken_text
+from components.speech.textnorm import Token, normalize, spoken_text
 from components.streams.interleave import FRAME_RATE, FRAME_SIZE, assemble, text_stream
 
 DRILL_VERSION = "drills-1"

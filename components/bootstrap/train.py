@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from components.bootstrap.data import Corpus
 from components.common.config import BootstrapConfig
 from components.simulate import world as W
-from components.simulate.textnorm import normalize
+from components.speech.textnorm import normalize
 from components.streams.tokenizer import EPAD_ID, PAD_ID, TextTokenizer
 
 CALIBRATION_STEPS = 10

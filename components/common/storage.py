@@ -241,6 +241,41 @@ def fetch_s3_uri_to_path(uri: str, dest: Path, cfg: StorageConfig) -> Path:
     return dest
 
 
+def cached_s3_folder(uri: str, cfg: StorageConfig, cache_root: Path, marker: str) -> Path:
+    """Download an s3:// folder (a checkpoint) once into ``cache_root/s3-<digest>``; the digest
+    covers the URI and every object's etag, so a re-uploaded folder is fetched again and an
+    unchanged one never is. ``marker`` is a file the folder must hold to count as complete. The
+    download goes to a temporary folder renamed into place, so a crash never leaves a half
+    folder that looks complete. FileNotFoundError when nothing is stored at the URI."""
+    import hashlib
+    import shutil
+
+    bucket, key = parse_s3_uri(uri)
+    prefix = key.rstrip("/") + "/" if key else ""
+    store = ObjectStore.from_config(cfg, bucket=bucket)
+    objects = sorted((o.key, o.etag or "") for o in store.list(prefix, recursive=True)
+                     if not o.key.endswith("/"))
+    if not objects:
+        raise FileNotFoundError(f"nothing at {uri} (the folder is empty or absent)")
+    digest = hashlib.sha256(json.dumps([uri, objects]).encode()).hexdigest()[:24]
+    dest = Path(cache_root) / f"s3-{digest}"
+    if (dest / marker).is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        for obj_key, _ in objects:
+            store.download_file(obj_key, tmp.joinpath(*_safe_relative(obj_key[len(prefix):]).parts))
+        if dest.exists():  # a concurrent download won the race: keep theirs
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
 # --------------------------------------------------------------------------------------------
 # The store
 

@@ -203,7 +203,7 @@ class BehaviourReport:
 CODE_MODULES = ("components.evaluate.items", "components.evaluate.behaviour",
                 "components.evaluate.serve", "components.evaluate.lockstep",
                 "components.simulate.live", "components.simulate.world",
-                "components.simulate.textnorm", "components.speech.tts",
+                "components.speech.textnorm", "components.speech.tts",
                 "components.streams.interleave", "serving.engine")
 REPORT_VERSION = 1
 

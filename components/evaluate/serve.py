@@ -27,7 +27,7 @@ from components.evaluate.behaviour import ReplyRecord
 from components.evaluate.items import EvalConversation
 from components.simulate import live as L
 from components.simulate import world as W
-from components.simulate.textnorm import normalize, spoken_text
+from components.speech.textnorm import normalize, spoken_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from components.model.checkpoint import LoadedModel

@@ -277,38 +277,10 @@ def read_identity(folder: str | Path) -> ModelIdentity | None:
 
 
 def _s3_cache_dir(uri: str, cfg: "Config") -> Path:
-    """Download an s3:// checkpoint folder once; the cache key covers the URI and every object's
-    etag, so a re-uploaded checkpoint is fetched again and an unchanged one never is."""
-    from components.common.storage import ObjectStore, parse_s3_uri
+    """An s3:// checkpoint folder, downloaded once (see storage.cached_s3_folder)."""
+    from components.common.storage import cached_s3_folder
 
-    bucket, key = parse_s3_uri(uri)
-    prefix = key.rstrip("/") + "/" if key else ""
-    store = ObjectStore.from_config(cfg.storage, bucket=bucket)
-    objects = sorted((o.key, o.etag or "") for o in store.list(prefix, recursive=True)
-                     if not o.key.endswith("/"))
-    if not objects:
-        raise FileNotFoundError(f"no checkpoint at {uri}")
-    digest = hashlib.sha256(json.dumps([uri, objects]).encode()).hexdigest()[:24]
-    dest = Path(cfg.model.cache_dir) / f"s3-{digest}"
-    if (dest / CONFIG_NAME).is_file():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        for obj_key, _ in objects:
-            rel = obj_key[len(prefix):]
-            parts = Path(rel).parts
-            if not parts or any(p in ("", ".", "..") for p in parts) or Path(rel).is_absolute():
-                raise ValueError(f"unsafe object key in checkpoint folder: {obj_key!r}")
-            store.download_file(obj_key, tmp.joinpath(*parts))
-        if dest.exists():  # a concurrent download won the race: keep theirs
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+    return cached_s3_folder(uri, cfg.storage, Path(cfg.model.cache_dir), CONFIG_NAME)
 
 
 def local_checkpoint_dir(path_or_uri: str | Path, cfg: "Config | None" = None) -> Path:

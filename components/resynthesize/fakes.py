@@ -32,12 +32,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-PLACEHOLDER_RE = re.compile(r"\[([A-Z_]+)\]")
+from components.speech.textnorm import DIGIT_WORDS, digits_words, number_words
 
-_ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-         "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
-         "eighteen", "nineteen"]
-_TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+PLACEHOLDER_RE = re.compile(r"\[([A-Z_]+)\]")
 
 FIRST_NAMES = ["Avery", "Rowan", "Quinn", "Harper", "Skyler", "Morgan", "Emery", "Reese",
                "Dakota", "Sawyer", "Lennox", "Marlowe", "Tamsin", "Odile", "Bram", "Ysolde"]
@@ -55,23 +52,6 @@ LETTER_NAMES = {"a": "ay", "b": "bee", "c": "see", "d": "dee", "e": "ee", "f": "
                 "v": "vee", "w": "double you", "x": "ex", "y": "why", "z": "zed"}
 
 Token = tuple[str, str]  # (written, spoken)
-
-
-def number_words(n: int) -> str:
-    if n < 20:
-        return _ONES[n]
-    if n < 100:
-        tens, ones = divmod(n, 10)
-        return _TENS[tens] + ("" if ones == 0 else " " + _ONES[ones])
-    if n < 1000:
-        hundreds, rest = divmod(n, 100)
-        return _ONES[hundreds] + " hundred" + ("" if rest == 0 else " " + number_words(rest))
-    thousands, rest = divmod(n, 1000)
-    return number_words(thousands) + " thousand" + ("" if rest == 0 else " " + number_words(rest))
-
-
-def digit_words(digits: str) -> str:
-    return " ".join(_ONES[int(d)] for d in digits if d.isdigit())
 
 
 def luhn_check_digit(payload: str) -> str:
@@ -106,7 +86,7 @@ def fake_value(kind: str, rng: random.Random) -> list[Token]:
     ("PHONE", "EMAIL", ...; unknown kinds get a neutral word, never the placeholder)."""
     if kind == "PHONE":
         area, line = rng.choice(AREA_CODES), f"01{rng.randrange(100):02d}"
-        spoken = ", ".join(digit_words(g) for g in (area, "555", line))
+        spoken = ", ".join(digits_words(g) for g in (area, "555", line))
         return [(f"{area}-555-{line}", spoken)]
     if kind in ("PERSON", "NAME"):
         first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
@@ -123,13 +103,13 @@ def fake_value(kind: str, rng: random.Random) -> list[Token]:
         payload = "222300" + "".join(str(rng.randrange(10)) for _ in range(9))
         card = payload + luhn_check_digit(payload)
         groups = [card[i:i + 4] for i in range(0, 16, 4)]
-        return [(g, digit_words(g) + ("," if i < 3 else "")) for i, g in enumerate(groups)]
+        return [(g, digits_words(g) + ("," if i < 3 else "")) for i, g in enumerate(groups)]
     if kind == "SSN":
         value = f"987-65-432{rng.randrange(10)}"
-        return [(value, ", ".join(digit_words(g) for g in value.split("-")))]
+        return [(value, ", ".join(digits_words(g) for g in value.split("-")))]
     if kind == "IBAN":
         value = _iban(rng)
-        spoken = " ".join(LETTER_NAMES[c.lower()] if c.isalpha() else _ONES[int(c)] for c in value)
+        spoken = " ".join(LETTER_NAMES[c.lower()] if c.isalpha() else DIGIT_WORDS[c] for c in value)
         return [(value, spoken)]
     if kind == "IP":
         value = f"192.0.2.{rng.randrange(1, 255)}"
@@ -139,7 +119,7 @@ def fake_value(kind: str, rng: random.Random) -> list[Token]:
         return [(town, town)]
     if kind == "NUMBER":
         value = "90" + "".join(str(rng.randrange(10)) for _ in range(6))
-        return [(value, digit_words(value))]
+        return [(value, digits_words(value))]
     if kind == "SPELLED":
         name = rng.choice(FIRST_NAMES).lower()
         return [(ch, LETTER_NAMES[ch]) for ch in name]

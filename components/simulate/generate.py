@@ -67,7 +67,7 @@ from components.simulate.groundtruth import (
     PlantedPii,
     UserTurn,
 )
-from components.simulate.textnorm import Token, normalize, spoken_text, written_text
+from components.speech.textnorm import Token, normalize, spoken_text, written_text
 from components.speech.tts import (
     ENGINE_VERSION,
     MODEL_VOICE,

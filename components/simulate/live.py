@@ -108,7 +108,7 @@ from components.simulate.generate import (
     user_consents,
 )
 from components.simulate.groundtruth import GroundTruth, GtWord, ModelTurn, PlantedPii, UserTurn
-from components.simulate.textnorm import Token, normalize, spoken_text, written_text
+from components.speech.textnorm import Token, normalize, spoken_text, written_text
 from components.speech.tts import ENGINE_VERSION, USER_VOICE, Speech, Synthesizer, speak_parts
 
 if TYPE_CHECKING:  # pragma: no cover

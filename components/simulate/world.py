@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from components.contract import KbDocument
-from components.simulate.textnorm import Token, digits_words, email_words, normalize, number_words
+from components.speech.textnorm import Token, digits_words, email_words, normalize, number_words
 
 WORLD_VERSION = "northwind-1"
 COMPANY = "Northwind Mobile"

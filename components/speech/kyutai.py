@@ -33,10 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-import shutil
-import tempfile
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,32 +54,14 @@ _DECODE_DROP = 2  # frames moshi's simple_generate drops at the start of decodin
 
 
 def _fetch_s3_folder(uri: str, cfg: "Config") -> Path:
-    """Download an s3:// checkpoint folder once (keyed by the URI and every object's etag)."""
-    from components.common.storage import ObjectStore, fetch_s3_uri_to_path, parse_s3_uri
+    """Download an s3:// checkpoint folder once (see storage.cached_s3_folder)."""
+    from components.common.storage import cached_s3_folder
 
-    bucket, key = parse_s3_uri(uri)
-    prefix = key.rstrip("/") + "/" if key else ""
-    store = ObjectStore.from_config(cfg.storage, bucket=bucket)
-    objects = sorted((o.key, o.etag or "") for o in store.list(prefix, recursive=True)
-                     if not o.key.endswith("/"))
-    if not objects:
-        raise TtsUnavailable(f"no Kyutai TTS checkpoint at {uri} (the folder is empty or absent)")
-    digest = hashlib.sha256(json.dumps([uri, objects]).encode()).hexdigest()[:24]
-    dest = Path(cfg.resynthesize.cache_dir) / "kyutai" / f"s3-{digest}"
-    if (dest / "config.json").is_file():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        fetch_s3_uri_to_path(uri, tmp, cfg.storage)
-        if dest.exists():
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+        return cached_s3_folder(uri, cfg.storage, Path(cfg.resynthesize.cache_dir) / "kyutai",
+                                "config.json")
+    except FileNotFoundError as exc:
+        raise TtsUnavailable(f"no Kyutai TTS checkpoint at {uri}: {exc}") from None
 
 
 def _folder_checkpoint(folder: Path) -> Any:

@@ -128,7 +128,7 @@ def world_lines() -> tuple[list[str], list[str]]:
     """(user lines, model lines) of the simulated world, in a fixed order, as the voices say them
     (spoken forms, so the TTS cache is shared with the conversation generator)."""
     from components.simulate import world as W
-    from components.simulate.textnorm import normalize, spoken_text
+    from components.speech.textnorm import normalize, spoken_text
 
     user: list[str] = []
     model: list[str] = []
@@ -156,7 +156,7 @@ def world_lines() -> tuple[list[str], list[str]]:
 def heldout_lines(n: int = 6) -> list[str]:
     """Sentences of the knowledge base (never used for k-means): for measuring only."""
     from components.simulate import world as W
-    from components.simulate.textnorm import normalize, spoken_text
+    from components.speech.textnorm import normalize, spoken_text
 
     out: list[str] = []
     for doc in W.KB_DOCUMENTS:

@@ -32,7 +32,7 @@ import sentencepiece
 
 from components.common.files import write_atomic
 from components.simulate import world as W
-from components.simulate.textnorm import normalize, written_text
+from components.speech.textnorm import normalize, written_text
 
 if TYPE_CHECKING:
     from components.common.config import Config

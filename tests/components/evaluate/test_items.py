@@ -12,7 +12,7 @@ import pytest
 from components.common.config import load_config
 from components.evaluate import items as I
 from components.simulate import world as W
-from components.simulate.textnorm import normalize, written_text
+from components.speech.textnorm import normalize, written_text
 from components.streams.tokenizer import world_corpus
 
 

@@ -85,7 +85,7 @@ def test_fakes_never_collide_with_the_simulated_worlds_pii() -> None:
     assert not cards & set(W.CARD_TEST_NUMBERS) and not any(c.startswith("400000") for c in cards)
 
 
-def test_number_words() -> None:
+def test_number_words() -> None:  # the spoken forms fake values use (speech.textnorm)
     assert F.number_words(149) == "one hundred forty nine"
     assert F.number_words(1200) == "one thousand two hundred"
-    assert F.digit_words("0142") == "zero one four two"
+    assert F.digits_words("0142") == "zero one four two"

@@ -9,7 +9,7 @@ import pytest
 
 from components.contract import KbDocument
 from components.simulate import world as W
-from components.simulate.textnorm import normalize, number_words, spoken_text, written_text
+from components.speech.textnorm import normalize, number_words, spoken_text, written_text
 
 
 def _mentions(text: str, phrase: str) -> bool:
