@@ -136,11 +136,12 @@ def _applicable(kind: str, request_kind: str | None) -> bool:
             "off_tone": "small_talk", "instruction_missed": "instruction"}[kind] == request_kind
 
 
-def _throughput(cfg: Config, requests: list[Any]) -> dict[str, Any]:
+def _throughput(cfg: Config, requests: list[Any], local: Any = None) -> dict[str, Any]:
+    """`local`: the already loaded local backend the server puts behind its endpoint."""
     from components.judge.backends.openai_http import OpenAIJudge
     from components.judge.server import serve_in_thread
 
-    url, stop = serve_in_thread(cfg)
+    url, stop = serve_in_thread(cfg, backend=local)
     out: dict[str, Any] = {"replies": len(requests)}
     try:
         for concurrency in (1, 8):
@@ -149,7 +150,7 @@ def _throughput(cfg: Config, requests: list[Any]) -> dict[str, Any]:
             http_cfg.judge.endpoint = url
             http_cfg.judge.cache = False
             http_cfg.judge.concurrency = concurrency
-            backend = OpenAIJudge(http_cfg, store=None)
+            backend = OpenAIJudge.from_config(http_cfg, store=None)
             t0 = time.monotonic()
             results = backend.score(requests)
             secs = time.monotonic() - t0
@@ -244,7 +245,7 @@ def main(cfg: Config, args: Any = None) -> int:
     report = calibrate(bcfg, backend)
     calibration = report.to_dict() if hasattr(report, "to_dict") else report
     say("throughput through the project's OpenAI-compatible server")
-    throughput = _throughput(bcfg, _requests_from(store, judgements, THROUGHPUT_REPLIES))
+    throughput = _throughput(bcfg, _requests_from(store, judgements, THROUGHPUT_REPLIES), backend)
     backend.close()
 
     a = agreement.figures()
