@@ -53,10 +53,17 @@ def collect_figures(cfg: Config, final_manifest_id: str) -> dict[str, Any]:
         "pairs": pair_counts(pairs),
         "resynthesized": resynth.counts.get("items", 0) if resynth else 0,
         "pairs_dataset": tokenize.stats.get("pairs_dataset") if tokenize else None,
+        "pairs_report": _report_uri(cfg, store, tokenize.manifest_id) if tokenize else None,
         "manifests": {stage: m.manifest_id for stage, m in chain.items()},
         "stage_seconds": {stage: m.stats.get("seconds") for stage, m in chain.items()
                           if m.stats.get("seconds") is not None},
     }
+
+
+def _report_uri(cfg: Config, store: ObjectStore, tokenize_manifest_id: str) -> str | None:
+    """The pairs report the pipeline's report task wrote (also a KFP HTML artefact)."""
+    key = Keys.report("pairs", tokenize_manifest_id, "pairs.html")
+    return f"s3://{cfg.storage.bucket}/{key}" if store.exists(key) else None
 
 
 def pair_counts(pairs: Any) -> dict[str, int]:
@@ -135,6 +142,7 @@ def print_summary(f: dict[str, Any], findings: list[str], behaviour: list[str] =
         f"  preference pairs       A content {f['pairs']['A']}, B interruption "
         f"{f['pairs']['B']}, C silence {f['pairs']['C']}; resynthesised {f['resynthesized']}",
         f"  pairs dataset          {f['pairs_dataset'] or 'n/a'}",
+        f"  pairs report           {f['pairs_report'] or 'n/a'} (KFP HTML artefact, MLflow)",
         f"  raw user audio left    {f['raw_user_audio_left']}  (every object version + pipeline root)",
         f"  planted PII left       {f['pii_left']}  (every stored text, normalised)",
         f"  report                 {f['report']} (also in MLflow)",
