@@ -2,7 +2,11 @@
 
 One run:
 
-1. **On-policy data.** The champion serves ``--conversations`` simulated users (resumable: a
+1. **Data.** On-policy conversations (below) and ``DEFAULT_SCRIPTED`` SCRIPTED ones (the
+   simulator's calibration set: fluent replies with planted problems, every judge axis), both
+   through the same stages and compared the same way.
+
+   **On-policy data.** The champion serves ``--conversations`` simulated users (resumable: a
    batch per champion version and seed in the bench bucket ``<bucket>-bench-judge``), then the
    real stages run on them: ingest → transcribe → scrub → judge, with
    ``judge.stop_when_selected=false`` so that EVERY reply is judged (the pipeline stops at the
@@ -39,6 +43,7 @@ from pipelines.bench.common import bench_bucket, emit, fmt, say, table, with_buc
 
 BASELINE = "HTTP backend at concurrency 1"
 DEFAULT_CONVERSATIONS = 24
+DEFAULT_SCRIPTED = 24
 THROUGHPUT_REPLIES = 16
 TARGET_RECALL = 0.95
 TARGET_FP = 0.05
@@ -112,7 +117,11 @@ def compare(groundtruth: Any, judgement: ConversationJudgement, agreement: Agree
             continue
         events = {e.kind for e in det_events if e.user_turn == best.index}
         for label, kind in DETECTORS.items():
-            agreement.detectors[label].add(bool(getattr(gt_reply, label)), kind in events)
+            # On-policy ground truth labels timing per reply; scripted ground truth plants it
+            # (the label is then in the reply's problems).
+            value = getattr(gt_reply, label, None)
+            labelled = bool(value) if value is not None else label in gt_reply.problems
+            agreement.detectors[label].add(labelled, kind in events)
         if detections is not None:
             continue
         best = max(judgement.user_turns,
@@ -179,20 +188,64 @@ def _requests_from(store: Any, judgements: list[ConversationJudgement], n: int) 
     return out
 
 
-def main(cfg: Config, args: Any = None) -> int:
-    from components.bootstrap.logic import bootstrap
-    from components.common.stagekit import iter_items
-    from components.common.storage import ObjectStore
+@dataclass
+class Leg:
+    """One data set through the stages, compared with its ground truth."""
+
+    judgements: list[ConversationJudgement]
+    agreement: Agreement  # detectors as the pipeline runs them
+    no_exceptions: Agreement  # detectors without backchannel exceptions
+    stages: dict[str, float]
+    replies_judged: int
+
+
+def _leg(bcfg: Config, store: Any, raw_manifest_id: str, conversation_ids: list[str]) -> Leg:
+    from components.common.stagekit import iter_items, load_manifest
     from components.contract import JudgedItem
     from components.ingest.logic import ingest
-    from components.judge.backends import make_backend
-    from components.judge.calibration.calibrate import calibrate
     from components.judge.logic import judge
     from components.judge.timing import TimingSettings, segment
     from components.scrub.logic import scrub
     from components.simulate.groundtruth import iter_groundtruth
-    from components.simulate.live import simulate_with_policy
     from components.transcribe.logic import transcribe
+
+    say("ingest → transcribe → scrub → judge (every reply judged)")
+    stages: dict[str, float] = {}
+    current = raw_manifest_id
+    for name, stage in (("ingest", ingest), ("transcribe", transcribe), ("scrub", scrub),
+                        ("judge", judge)):
+        t = time.monotonic()
+        current = stage(bcfg, current).manifest.manifest_id
+        stages[name] = round(time.monotonic() - t, 1)
+    # The simulator counts a backchannel during the user's turn as an interruption; the judge
+    # exempts backchannels (configurable). Both definitions are measured: the pipeline's, and
+    # the detectors with no exceptions (the simulator's definition).
+    leg = Leg([], Agreement(), Agreement(), stages, 0)
+    strict = dataclasses.replace(TimingSettings.from_config(bcfg.judge), backchannels=())
+    gts = {g.conversation_id: g for g in iter_groundtruth(bcfg, conversation_ids)}
+    for raw in iter_items(store, load_manifest(store, current)):
+        item = JudgedItem.model_validate(raw)
+        j = ConversationJudgement.model_validate(
+            store.get_json(item.judgement.key, version_id=item.judgement.version_id))
+        leg.judgements.append(j)
+        if item.conversation_id in gts:
+            compare(gts[item.conversation_id], j, leg.agreement)
+            transcript = Transcript.model_validate(
+                store.get_json(item.transcript.key, version_id=item.transcript.version_id))
+            seg = segment(transcript, strict)
+            compare(gts[item.conversation_id], j, leg.no_exceptions, (seg.user_turns, seg.events))
+    leg.replies_judged = sum(r.judged and bool(r.text.strip())
+                             for j in leg.judgements for r in j.replies)
+    return leg
+
+
+def main(cfg: Config, args: Any = None) -> int:
+    from components.bootstrap.logic import bootstrap
+    from components.common.storage import ObjectStore
+    from components.judge.backends import make_backend
+    from components.judge.calibration.calibrate import calibrate
+    from components.simulate.generate import simulate_conversations
+    from components.simulate.live import simulate_with_policy
 
     n = getattr(args, "conversations", None) or DEFAULT_CONVERSATIONS
     t0 = time.monotonic()
@@ -205,40 +258,16 @@ def main(cfg: Config, args: Any = None) -> int:
     store.ensure_bucket(versioning=True)
     say(f"{n} on-policy conversations of {boot.version} (resumable)")
     sim = simulate_with_policy(bcfg, "champion", n=n, batch=f"bench-judge-{boot.version.replace('/', '-')}")
-    say("ingest → transcribe → scrub → judge (every reply judged)")
-    stages: dict[str, float] = {}
-    current = sim.manifest_id
-    for name, stage in (("ingest", ingest), ("transcribe", transcribe), ("scrub", scrub),
-                        ("judge", judge)):
-        t = time.monotonic()
-        current = stage(bcfg, current).manifest.manifest_id
-        stages[name] = round(time.monotonic() - t, 1)
-    judge_manifest = current
-
-    judgements: list[ConversationJudgement] = []
-    agreement = Agreement()
-    # The simulator counts a backchannel during the user's turn as an interruption; the judge
-    # exempts backchannels (configurable). Both definitions are measured: the pipeline's, and
-    # the detectors with no exceptions (the simulator's definition).
-    no_exceptions = Agreement()
-    strict = dataclasses.replace(TimingSettings.from_config(bcfg.judge), backchannels=())
-    gts = {g.conversation_id: g for g in iter_groundtruth(bcfg, sim.conversation_ids)}
-    from components.common.stagekit import load_manifest
-
-    manifest = load_manifest(store, judge_manifest)
-    for raw in iter_items(store, manifest):
-        item = JudgedItem.model_validate(raw)
-        j = ConversationJudgement.model_validate(
-            store.get_json(item.judgement.key, version_id=item.judgement.version_id))
-        judgements.append(j)
-        if item.conversation_id in gts:
-            compare(gts[item.conversation_id], j, agreement)
-            transcript = Transcript.model_validate(
-                store.get_json(item.transcript.key, version_id=item.transcript.version_id))
-            seg = segment(transcript, strict)
-            compare(gts[item.conversation_id], j, no_exceptions, (seg.user_turns, seg.events))
-    replies_judged = sum(r.judged and bool(r.text.strip()) for j in judgements for r in j.replies)
-    judge_s = stages["judge"]
+    policy = _leg(bcfg, store, sim.manifest_id, sim.conversation_ids)
+    scripted_n = getattr(args, "scripted", None) or DEFAULT_SCRIPTED
+    say(f"{scripted_n} SCRIPTED conversations (fluent replies with planted problems)")
+    scripted_sim = simulate_conversations(bcfg, n=scripted_n, batch="bench-judge-scripted",
+                                          progress=False)
+    scripted = _leg(bcfg, store, scripted_sim.manifest_id, scripted_sim.conversation_ids)
+    judgements = policy.judgements
+    replies_judged = policy.replies_judged
+    judge_s = policy.stages["judge"]
+    stages = policy.stages
 
     say("calibration set agreement")
     backend = make_backend(bcfg, store)
@@ -248,14 +277,20 @@ def main(cfg: Config, args: Any = None) -> int:
     throughput = _throughput(bcfg, _requests_from(store, judgements, THROUGHPUT_REPLIES), backend)
     backend.close()
 
-    a = agreement.figures()
-    strict_det = no_exceptions.figures()["detectors"]
+    a = policy.agreement.figures()
+    strict_det = policy.no_exceptions.figures()["detectors"]
+    sa = scripted.agreement.figures()
+    s_strict = scripted.no_exceptions.figures()["detectors"]
     figures = {
         "bench": "judge", "baseline": BASELINE, "champion": boot.version,
         "backend": backend.name, "conversations": len(judgements),
         "replies_judged": replies_judged, "stage_seconds": stages,
         "judge_seconds_per_reply": round(judge_s / replies_judged, 3) if replies_judged else None,
         "agreement": a, "detectors_without_backchannel_exceptions": strict_det,
+        "scripted": {"conversations": len(scripted.judgements),
+                     "replies_judged": scripted.replies_judged, "agreement": sa,
+                     "detectors_without_backchannel_exceptions": s_strict,
+                     "stage_seconds": scripted.stages},
         "calibration": calibration, "throughput": throughput,
         "targets": {"detector_recall": TARGET_RECALL, "detector_fp": TARGET_FP},
         "detectors_meet_target": {name: all(
@@ -265,17 +300,23 @@ def main(cfg: Config, args: Any = None) -> int:
                                                        ("no_exceptions", strict_det))},
         "seconds": round(time.monotonic() - t0, 1),
     }
-    det_rows = [[f"{k} ({name})", fmt(v["recall"]), fmt(v["false_positive_rate"]),
+    det_rows = [[f"{k} ({data}, {name})", fmt(v["recall"]), fmt(v["false_positive_rate"]),
                  str(v["positives"]), str(v["negatives"])]
-                for name, dets in (("pipeline", a["detectors"]), ("no exceptions", strict_det))
+                for data, name, dets in (("on-policy", "pipeline", a["detectors"]),
+                                         ("on-policy", "no exceptions", strict_det),
+                                         ("scripted", "pipeline", sa["detectors"]),
+                                         ("scripted", "no exceptions", s_strict))
                 for k, v in dets.items()]
-    con_rows = [[k, KIND_AXIS[k], fmt(v["precision"]), fmt(v["recall"]), str(v["positives"])]
-                for k, v in a["content"].items()]
+    con_rows = [[f"{k} ({data})", KIND_AXIS[k], fmt(v["precision"]), fmt(v["recall"]),
+                 str(v["positives"])]
+                for data, agr in (("on-policy", a), ("scripted", sa))
+                for k, v in agr["content"].items()]
     thr = [[f"concurrency {c}", fmt(throughput[f"concurrency_{c}"]["replies_per_s"])]
            for c in (1, 8)]
     text = "\n".join([
-        f"judge bench — {len(judgements)} on-policy conversations of {boot.version}, "
-        f"{replies_judged} replies judged by {backend.name}",
+        f"judge bench — {len(judgements)} on-policy conversations of {boot.version} and "
+        f"{len(scripted.judgements)} scripted ones; {replies_judged} + "
+        f"{scripted.replies_judged} replies judged by {backend.name}",
         "", "timing detectors vs the simulator's labels (targets: recall >= 0.95, FP <= 0.05)",
         table(["label", "recall", "FP rate", "labelled", "fine"], det_rows),
         "", "content judge vs planted problems (on the request kind where each can occur)",

@@ -71,3 +71,20 @@ def test_another_detector_setting_replaces_only_the_detector_figures() -> None:
     compare(gt, judgement, strict, ([_turn(0, 0.0, 3.0)], events))
     assert strict.detectors["interruption"].tp == 1
     assert strict.replies_compared == 0
+
+
+def test_scripted_ground_truth_plants_timing_in_the_problems() -> None:
+    gt = _gt([(0.0, 3.0), (6.0, 9.0)], [
+        {"interruption": None, "silence": None, "request_kind": "fact",
+         "problems": ["interruption"]},
+        {"interruption": None, "silence": None, "request_kind": "fact", "problems": ["silence"]},
+    ])
+    judgement = ConversationJudgement(
+        conversation_id="c", model_version="m", backend="b", backend_version="v",
+        user_turns=[_turn(0, 0.0, 3.0), _turn(1, 6.0, 9.0)], model_turns=[], replies=[],
+        events=[TimingEvent(kind="unresponsiveness", user_turn=1, user_start=6.0, user_end=9.0,
+                            seconds=3.1)])
+    agreement = Agreement()
+    compare(gt, judgement, agreement)
+    assert agreement.detectors["interruption"].fn == 1  # planted, not detected
+    assert agreement.detectors["silence"].tp == 1 and agreement.detectors["silence"].tn == 1
