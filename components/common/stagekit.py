@@ -192,6 +192,7 @@ def run_items(
     extra_stats: Callable[[], dict[str, Any]] | None = None,
     prefetch: Callable[[list[Any]], None] | None = None,
     window: int = WINDOW,
+    on_result: Callable[[Any, ItemResult], None] | None = None,
 ) -> StageRun:
     """Process every (item_id, item) not yet marked done; seal and write the output manifest.
 
@@ -202,7 +203,10 @@ def run_items(
     on a thread pool (I/O-bound stages). `prefetch`, if given, first receives each window's
     items that still need processing, so a stage can work on them as a batch (transcribe packs
     several conversations into one Whisper window) before `process` writes each item's outputs.
-    Results are written in input order either way."""
+    Results are written in input order either way. `on_result(item, result)`, if given, sees
+    EVERY item's result in input order — processed now or read from an earlier run's marker — so
+    a stage can tally the whole manifest (before `extra_stats` runs) without reading the markers
+    again."""
     t0 = time.monotonic()
     writer = ManifestWriter(store, stage, input_manifest_id)
     for reject in carried_rejects:
@@ -226,6 +230,8 @@ def run_items(
                 result = next(outcomes) if is_fresh else known[i]
                 done += 1
                 status[result.status] += 1
+                if on_result is not None:
+                    on_result(entries[i][1], result)
                 processed += is_fresh
                 skipped += not is_fresh
                 if result.status == "done" and result.output is not None:

@@ -362,19 +362,19 @@ def judge(cfg: Config, scrub_manifest_id: str) -> StageRun:
             item = ScrubbedItem.model_validate(raw)
             yield item.conversation_id, item
 
+    earlier: list[ObjectRef] = []  # judgements of conversations an earlier run finished
+
+    def on_result(item: ScrubbedItem, result: ItemResult) -> None:
+        if item.conversation_id not in processed and result.status == "done" and result.output:
+            earlier.append(JudgedItem.model_validate(result.output).judgement)
+
     def extra_stats() -> dict[str, Any]:
         # Totals over every conversation of the manifest, including those judged by an earlier
         # (interrupted) run: their judgements are read back.
         stats = Counter(totals)
-        for cid, _ in items():
-            if cid in processed:
-                continue
-            marker = store.get_json(Keys.item_state(STAGE, scrub_manifest_id, cid))
-            result = ItemResult.model_validate(marker)
-            if result.status == "done" and result.output:
-                ref = JudgedItem.model_validate(result.output).judgement
-                _tally(stats, ConversationJudgement.model_validate(
-                    store.get_json(ref.key, version_id=ref.version_id)))
+        for ref in earlier:
+            _tally(stats, ConversationJudgement.model_validate(
+                store.get_json(ref.key, version_id=ref.version_id)))
         scored = res.backend_requests
         return {**dict(sorted(stats.items())),
                 "backend": res.backend.name if res._backend is not None else None,
@@ -388,6 +388,6 @@ def judge(cfg: Config, scrub_manifest_id: str) -> StageRun:
     try:
         return run_items(store, STAGE, scrub_manifest_id, items(), process,
                          total=manifest.counts.get("items"), extra_stats=extra_stats,
-                         concurrency=concurrency)
+                         concurrency=concurrency, on_result=on_result)
     finally:
         res.close()

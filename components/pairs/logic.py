@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from typing import Any
 
@@ -188,7 +187,7 @@ def build_pair(cfg: Config, item: JudgedItem, judgement: ConversationJudgement,
 # ----------------------------------------------------------------------------- stats
 
 
-def pair_stats(results: list[ItemResult]) -> dict[str, Any]:
+def pair_stats(results: Iterable[ItemResult]) -> dict[str, Any]:
     """Counts by type (A/B/C), the timing/content split, drops by reason, failures by code."""
     by_type: Counter[str] = Counter()
     timing_only = content_related = 0
@@ -221,17 +220,6 @@ def pair_stats(results: list[ItemResult]) -> dict[str, Any]:
         "failed": sum(failures.values()),
         "failures_by_code": dict(sorted(failures.items())),
     }
-
-
-def _read_markers(store: ObjectStore, judge_manifest_id: str, ids: list[str]) -> list[ItemResult]:
-    """Every item's marker (fresh or from an earlier run): the stats cover the whole manifest
-    even when a rerun processed only part of it."""
-    def read(item_id: str) -> ItemResult:
-        key = Keys.item_state(STAGE, judge_manifest_id, item_id)
-        return ItemResult.model_validate(store.get_json(key))
-
-    with ThreadPoolExecutor(8) as pool:
-        return list(pool.map(read, ids))
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -298,8 +286,12 @@ def build_pairs(cfg: Config, judge_manifest_id: str, composer: Composer | None =
                     cfg, store, kb=None if cfg.pairs.composer == "llm" else kb())
             return lazy["composer"]
 
-    ids: list[str] = []
+    results: list[ItemResult] = []  # every pair's result, slimmed to what pair_stats reads
     without_selection = 0
+
+    def on_result(_: Any, result: ItemResult) -> None:
+        output = result.output and {k: result.output[k] for k in ("type", "problems")}
+        results.append(result.model_copy(update={"output": output}))
 
     def items() -> Iterator[tuple[str, tuple[JudgedItem, int]]]:
         nonlocal without_selection
@@ -308,8 +300,7 @@ def build_pairs(cfg: Config, judge_manifest_id: str, composer: Composer | None =
             if not item.selected:
                 without_selection += 1
             for index in sorted(set(item.selected)):
-                ids.append(marker_id(item.conversation_id, index))
-                yield ids[-1], (item, index)
+                yield marker_id(item.conversation_id, index), (item, index)
 
     def process(entry: tuple[JudgedItem, int]) -> dict:
         item, index = entry
@@ -331,7 +322,7 @@ def build_pairs(cfg: Config, judge_manifest_id: str, composer: Composer | None =
         return pair.model_dump(mode="json")
 
     def stats() -> dict[str, Any]:
-        out = pair_stats(_read_markers(store, judge_manifest_id, ids))
+        out = pair_stats(results)
         out["conversations"] = manifest.counts.get("items", 0)
         out["conversations_without_selection"] = without_selection
         out["composer"] = cfg.pairs.composer
@@ -340,7 +331,8 @@ def build_pairs(cfg: Config, judge_manifest_id: str, composer: Composer | None =
     concurrency = cfg.judge.concurrency if cfg.pairs.composer == "llm" else 1  # I/O vs CPU
     try:
         return run_items(store, STAGE, judge_manifest_id, items(), process,
-                         total=None, concurrency=concurrency, extra_stats=stats)
+                         total=None, concurrency=concurrency, extra_stats=stats,
+                         on_result=on_result)
     finally:
         made = lazy.get("composer")
         if made is not None and hasattr(made, "close"):

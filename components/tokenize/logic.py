@@ -546,17 +546,20 @@ def tokenize(cfg: Config, resynthesize_manifest_id: str) -> StageRun:
             item = ResynthesizedPair.model_validate(raw)
             yield item.pair.pair_id, item
 
+    done: set[str] = set()  # pair ids whose result is "done", fresh or from an earlier run
+
+    def on_result(item: ResynthesizedPair, result: ItemResult) -> None:
+        if result.status == "done":
+            done.add(item.pair.pair_id)
+
     def done_pairs() -> Iterator[PairTensors]:
-        """Every pair whose marker says done, in input order (as the stage manifest lists
-        them), from its per-pair object (rebuilt if that object has gone missing)."""
+        """Every done pair, in input order (as the stage manifest lists them), from its
+        per-pair object (rebuilt if that object has gone missing)."""
         seen: set[str] = set()
         for pair_id, item in items():
-            marker = Keys.item_state(STAGE, resynthesize_manifest_id, pair_id)
-            if pair_id in seen or store.stat(marker) is None:
+            if pair_id in seen or pair_id not in done:
                 continue
             seen.add(pair_id)
-            if ItemResult.model_validate(store.get_json(marker)).status != "done":
-                continue
             key = tensors_key(pair_id, settings)
             data = store.get_bytes(key) if store.stat(key) is not None else write(item)[0]
             yield read_shard(data)[0]
@@ -574,4 +577,5 @@ def tokenize(cfg: Config, resynthesize_manifest_id: str) -> StageRun:
                 "tokenizer_hash": settings.tokenizer_hash, "codec_hash": settings.codec_hash}
 
     return run_items(store, STAGE, resynthesize_manifest_id, items(), process,
-                     total=manifest.counts.get("items"), extra_stats=extra_stats)
+                     total=manifest.counts.get("items"), extra_stats=extra_stats,
+                     on_result=on_result)
