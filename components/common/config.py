@@ -356,6 +356,116 @@ class TokenizeConfig(_Section):
     pairs_per_shard: int = Field(default=64, ge=1)
 
 
+class DPOConfig(_Section):
+    """DPO, sigmoid loss (Rafailov et al. 2023): −log σ(β·(Δθ_w − Δθ_l)), Δ = log π_θ − log π_ref
+    summed over the scored positions of a side."""
+
+    beta: float = Field(default=0.1, gt=0)
+
+
+class DPOLNConfig(_Section):
+    """Length-normalised DPO (Wu et al. 2025, the paper's DPO-LN; TRL's ``sigmoid_norm``):
+    −log σ(β·(Δθ_w/|y_w| − Δθ_l/|y_l|))."""
+
+    beta: float = Field(default=0.3, gt=0)
+
+
+class APOZeroConfig(_Section):
+    """Anchored preference optimisation, zero variant (D'Oosterlinck et al. 2024; TRL's
+    ``apo_zero``): (1 − σ(β·Δθ_w)) + σ(β·Δθ_l)."""
+
+    beta: float = Field(default=0.1, gt=0)
+
+
+class SimPOConfig(_Section):
+    """SimPO (Meng et al. 2024; TRL's CPOTrainer ``simpo`` with ``cpo_alpha=0``): reference-free,
+    −log σ(β·(log π_θ(y_w)/|y_w| − log π_θ(y_l)/|y_l|) − γ)."""
+
+    beta: float = Field(default=2.0, gt=0)
+    gamma: float = Field(default=0.5, ge=0)  # target reward margin γ (TRL: simpo_gamma)
+
+
+class TrainConfig(_Section):
+    """The preference trainer (components/train): which loss, on which model, how.
+
+    Hyperparameters per model size come from the profiles below (docs/train.md): the paper's 7B
+    values in ``production``; values that move the small embedded model in ``demo``/``ci``."""
+
+    # One switch between the paper's four rows; each algorithm keeps its own β and knobs below.
+    loss: Literal["dpo", "simpo", "apo_zero", "dpo_ln"] = "dpo_ln"
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
+    dpo_ln: DPOLNConfig = Field(default_factory=DPOLNConfig)
+    apo_zero: APOZeroConfig = Field(default_factory=APOZeroConfig)
+    simpo: SimPOConfig = Field(default_factory=SimPOConfig)
+    # "text": the text tokens of each side's reply window only (forward_text, no depformer);
+    # "joint": text + the model's own audio codebooks in the window (the paper's unstable variant).
+    stream: Literal["text", "joint"] = "text"
+    audio_weight: float = Field(default=1.0, ge=0)  # joint: weight of the audio log-probs
+    # |y| in the length-normalised losses: every scored position of the window (PAD included:
+    # timing pairs differ mainly in where PAD falls) or the word tokens only (at least 1).
+    length_norm: Literal["window", "words"] = "window"
+    # The policy and the reference start from this model (registry alias, models:/, s3://, folder).
+    policy_source: str = "champion"
+    # A Hugging Face causal LM (text-only dialogue pairs) instead of the Moshi LM: hub id, folder
+    # or s3://; empty = the Moshi path.
+    hf_model: str = ""
+    # Keep only pairs whose rejected side was served by the policy's model version (on-policy).
+    on_policy: bool = True
+    # Optimisation. Separate learning rates for the temporal transformer (and embeddings, text
+    # head) and the depth transformer (depformer + audio heads): a text-only loss gives the
+    # depformer zero gradient, its LR matters for the joint variant.
+    temporal_lr: float = Field(default=5e-9, ge=0)
+    depformer_lr: float = Field(default=1e-6, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    adam_eps: float = Field(default=1e-8, gt=0)
+    batch_size: int = Field(default=16, ge=1)  # effective (pairs per optimizer step)
+    micro_batch_size: int = Field(default=2, ge=1)  # pairs per forward (gradient accumulation)
+    warmup_steps: int = Field(default=10, ge=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)  # decay floor, fraction of the peak
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    epochs: float = Field(default=1.0, gt=0)  # the paper: one epoch, stopped early
+    max_steps: int = Field(default=0, ge=0)  # 0 = epochs × training pairs / batch_size
+    # fp32 master weights updated with compensated (Kahan) summation: updates of 5e-9 survive;
+    # "plain" = torch's AdamW (updates below half an ulp are lost).
+    master_weights: Literal["kahan", "plain"] = "kahan"
+    # bf16 autocast for compute: "auto" = on CUDA only.
+    autocast: Literal["auto", "bf16", "off"] = "auto"
+    gradient_checkpointing: bool = False
+    lora: bool = False
+    lora_rank: int = Field(default=16, ge=1)
+    lora_scaling: float = Field(default=2.0, gt=0)
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+    threads: int = Field(default=0, ge=0)  # torch threads on CPU (0 = torch's default)
+    seed: int = 42
+    # Held-out pairs (by a hash of the pair id, stable across runs) for accuracy and margins.
+    heldout_fraction: float = Field(default=0.15, ge=0, lt=1)
+    min_pairs: int = Field(default=64, ge=1)  # refuse to train on fewer (after filtering)
+    # Early stopping: every eval_every optimizer steps, held-out pair accuracy / margins and
+    # generation metrics of eval_conversations held-out conversations (evaluate's items, served
+    # with eval_seed so they are not the final evaluation's); stop after `patience` evaluations
+    # without an improvement of `criterion` larger than min_delta; keep the best checkpoint.
+    eval_every: int = Field(default=50, ge=1)
+    criterion: Literal["generation", "heldout_accuracy", "heldout_margin", "heldout_loss"] = \
+        "generation"
+    patience: int = Field(default=3, ge=1)
+    min_delta: float = Field(default=0.0, ge=0)
+    eval_conversations: int = Field(default=8, ge=0)  # 0 = no generation metrics
+    eval_seed: int = 313
+    # Over-optimisation guard (the paper: replay length 20.8 → 88.5 while pair accuracy still
+    # rose): a generation evaluation whose replay length exceeds this multiple of the first
+    # evaluation's stops the run.
+    max_replay_growth: float = Field(default=2.0, gt=1)
+    # Resumable checkpoints (model, optimizer, schedule, data position, RNG) every this many
+    # optimizer steps (0 = at every evaluation), kept locally and in the bucket.
+    checkpoint_every: int = Field(default=0, ge=0)
+    work_dir: str = ".duplexalign/train"
+    reference_cache: bool = True  # reference log-probs cached in the bucket (once per dataset+ref)
+    register_model: bool = True  # register the best checkpoint as a new version with alias `challenger`
+    alias: str = "challenger"
+
+
 class PipelineConfig(_Section):
     name: str = "duplexalign-alignment"
     # Base image of every lightweight component (the project's image; cluster issue builds it).
@@ -383,6 +493,7 @@ class Config(_Section):
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     resynthesize: ResynthesizeConfig = Field(default_factory=ResynthesizeConfig)
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
     def to_json(self) -> str:
         return self.model_dump_json()
