@@ -52,7 +52,8 @@ class KahanAdamW(torch.optim.Optimizer):
             _require_fp32(p)
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+    def step(  # type: ignore[override]  # torch types step() as two overloads
+            self, closure: Callable[[], float] | None = None) -> float | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -97,12 +98,13 @@ class KahanAdamW(torch.optim.Optimizer):
 def _require_fp32(p: torch.Tensor) -> None:
     if p.dtype != torch.float32:
         raise TypeError(f"KahanAdamW keeps fp32 master weights; got a {p.dtype} parameter of "
-                        f"shape {tuple(p.shape)} (compute in bf16 with autocast, keep weights fp32)")
+                        f"shape {tuple(p.shape)} (compute in bf16 under autocast, weights fp32)")
 
 
 def make_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
     """The trainer's optimizer over a policy's ``param_groups()`` (each group keeps its own
-    ``lr`` and may set ``weight_decay``; ``name`` and other keys are carried along).
+    ``lr`` and may set ``weight_decay``; ``name`` and other keys are carried along; a group
+    without ``lr`` gets ``cfg.temporal_lr``).
 
     ``cfg.master_weights == "kahan"``: KahanAdamW; ``"plain"``: torch.optim.AdamW — both with
     ``cfg.adam_betas``, ``cfg.adam_eps`` and ``cfg.weight_decay`` as defaults. Groups without
@@ -111,11 +113,12 @@ def make_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.opti
     groups = [g for g in groups if g["params"]]
     if not groups:
         raise ValueError("no trainable parameters in any group")
-    defaults = dict(lr=cfg.temporal_lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
-                    weight_decay=cfg.weight_decay)
+    betas = (cfg.adam_betas[0], cfg.adam_betas[1])
     if cfg.master_weights == "kahan":
-        return KahanAdamW(groups, **defaults)
-    return torch.optim.AdamW(groups, **defaults)
+        return KahanAdamW(groups, lr=cfg.temporal_lr, betas=betas, eps=cfg.adam_eps,
+                          weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.temporal_lr, betas=betas, eps=cfg.adam_eps,
+                             weight_decay=cfg.weight_decay)
 
 
 def lr_lambda(step: int, *, warmup_steps: int, total_steps: int, schedule: str,
