@@ -5,7 +5,9 @@
 * ``judge`` — timing detectors and the content judge against the simulator's labels, agreement
   with the hand-labelled calibration set, replies/s at concurrency 1 (baseline) and 8;
 * ``resynthesize`` — TTS real-time factor and how closely resynthesised turns fit their spans;
-* ``tokenize`` — pair-tensor tokenization frames/s.
+* ``tokenize`` — pair-tensor tokenization frames/s;
+* ``train`` — preference-training tokens/s of our step vs TRL's DPOTrainer (same model, pairs,
+  loss, optimizer), Moshi text-only vs joint frames/s, cached vs in-step reference, MFU.
 
 Each prints progress on stderr, a readable table on stdout and, as the last stdout line, one
 JSON object of figures.
@@ -18,7 +20,7 @@ import argparse
 from components.common.config import Config
 
 
-BENCHES = ("transcribe", "ingest", "judge", "resynthesize", "tokenize")
+BENCHES = ("transcribe", "ingest", "judge", "resynthesize", "tokenize", "train")
 
 
 def run_bench(cfg: Config, which: str, args: argparse.Namespace | None = None) -> int:
@@ -26,6 +28,11 @@ def run_bench(cfg: Config, which: str, args: argparse.Namespace | None = None) -
 
     if which not in BENCHES:
         raise ValueError(f"unknown bench {which!r}; choose one of {', '.join(BENCHES)}")
+    if which == "train":  # in-process models only: no services to start
+        from pipelines.bench import train
+
+        with bench_lock(cfg, which):
+            return train.main(cfg, args)
     cfg = ensure_services(cfg)
     with bench_lock(cfg, which):
         if which in ("judge", "resynthesize", "tokenize"):
