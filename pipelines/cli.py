@@ -35,6 +35,8 @@ examples:
                                             labels; replies/s at concurrency 1 and 8
   duplexalign bench resynthesize            TTS real-time factor, fit of resynthesised user turns
   duplexalign bench tokenize                pair-tensor tokenization frames/s
+  duplexalign bench train [--quick]         trainer step vs TRL DPOTrainer tokens/s, Moshi
+                                            text vs joint frames/s, reference cache, MFU
   duplexalign judge serve --port 8765       OpenAI-compatible server in front of the local judge
   duplexalign --set transcribe.model_source=s3://models/whisper-small run --latest
 """
@@ -243,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "judge.api_key_env / judge.api_key_file")
 
     p = add("bench", cmd_bench, "benchmarks that print their figures against a named baseline")
-    p.add_argument("which", choices=["transcribe", "ingest", "judge", "resynthesize", "tokenize"])
+    p.add_argument("which", choices=["transcribe", "ingest", "judge", "resynthesize", "tokenize",
+                                     "train"])
     p.add_argument("--conversations", type=int, default=None,
                    help="transcribe: conversations to time (default 6); judge: on-policy "
                         "conversations to judge (default 24); resynthesize: conversations "
@@ -253,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None,
                    help="transcribe: timed runs per path, best reported (default 3); "
                         "tokenize: timed runs (default 2)")
+    p.add_argument("--quick", action="store_true",
+                   help="train: tiny models and one timed step (a smoke run of seconds)")
     return parser
 
 
