@@ -5,11 +5,19 @@ root or metadata store (the pairs report, an HTML artefact, carries only redacte
 synthetic user voice). Caching is off for every task here: ingest and scrub read and delete
 mutable state, transcribe's output is only valid while its quarantine objects exist, and the
 later stages keep their own per-item markers and content-hash caches (a rerun repays nothing),
-which, unlike KFP's cache, honour erasure. Later issues add validate, train, evaluate, deploy.
+which, unlike KFP's cache, honour erasure. The train task resumes its own run from its last
+checkpoint and returns a finished run's result on a rerun. Later issues add validate, evaluate,
+deploy.
+
+The train task carries the GPU node pool's settings (accelerator, node selector, tolerations)
+of the profile named by DUPLEXALIGN_COMPILE_PROFILE (default production) at compile time.
 """
 
+import os
 
 from kfp import dsl
+
+from components.common.config import load_config
 
 from components.ingest.component import ingest_op
 from components.judge.component import judge_op
@@ -18,6 +26,7 @@ from components.report.component import pairs_report_op
 from components.resynthesize.component import resynthesize_op
 from components.scrub.component import scrub_op
 from components.tokenize.component import tokenize_op
+from components.train.component import request_gpu, train_op
 from components.transcribe.component import transcribe_op, transcript_wer_op
 
 PIPELINE_NAME = "duplexalign-alignment"
@@ -26,7 +35,8 @@ PIPELINE_NAME = "duplexalign-alignment"
 @dsl.pipeline(
     name=PIPELINE_NAME,
     description="Logged full-duplex conversations → ingest → transcribe → scrub (privacy) → "
-                "judge → preference pairs → resynthesize → pair tensors → report",
+                "judge → preference pairs → resynthesize → pair tensors → report → DPO-LN "
+                "training (challenger)",
 )
 def alignment_pipeline(
     input_manifest_id: str,
@@ -36,8 +46,9 @@ def alignment_pipeline(
 ) -> str:
     """input_manifest_id: a sealed raw batch (`duplexalign seal raw/<batch>/`); profile: ci, demo,
     bench or production; overrides: JSON object of dotted config keys; groundtruth_bucket: only
-    for the embedded world's audits (empty in production). Returns the tokenize manifest id
-    (its stats name the pair-tensor dataset version the trainer consumes)."""
+    for the embedded world's audits (empty in production). Returns the train manifest id (its
+    stats: the MLflow run, the registered challenger version, where and why training stopped;
+    its input is the tokenize manifest, whose stats name the pairs dataset version)."""
     ingest = ingest_op(input_manifest_id=input_manifest_id, profile=profile, overrides=overrides)
     ingest.set_display_name("ingest")
     transcribe = transcribe_op(ingest_manifest_id=ingest.output, profile=profile, overrides=overrides)
@@ -61,6 +72,12 @@ def alignment_pipeline(
     report = pairs_report_op(tokenize_manifest_id=tokens.output, profile=profile,
                              overrides=overrides)
     report.set_display_name("pairs report")
-    for task in (ingest, transcribe, audit, scrub, judge, pairs, resynth, tokens, report):
+    trained = train_op(tokenize_manifest_id=tokens.output, profile=profile, overrides=overrides,
+                       pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+    trained.set_display_name("train (DPO-LN → challenger)")
+    trained.after(report)
+    request_gpu(trained, load_config(os.environ.get("DUPLEXALIGN_COMPILE_PROFILE",
+                                                    "production")).gpu_pool)
+    for task in (ingest, transcribe, audit, scrub, judge, pairs, resynth, tokens, report, trained):
         task.set_caching_options(False)
-    return tokens.output
+    return trained.outputs["Output"]

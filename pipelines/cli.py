@@ -28,6 +28,9 @@ examples:
   duplexalign simulate --conversations 20   log 20 SCRIPTED conversations (calibration set)
   duplexalign evaluate-model champion       QA, refusal, over-refusal, interruption, silence
   duplexalign model export champion out/    Kyutai's checkpoint format (moshi's loaders read it)
+  duplexalign train --latest                DPO-LN on the last pipeline run's pairs dataset:
+                                            early stopping, MLflow run, `challenger` registered
+  duplexalign --set train.loss=simpo train --dataset pairs-...   one switch, four losses
   duplexalign run --input-manifest raw-...  run the pipeline (KFP local runner) on a sealed batch
   duplexalign compile                       write the pipeline's IR YAML (pipelines/alignment.yaml)
   duplexalign bench transcribe              stage vs plain whisper_timestamped loop: RTF and WER
@@ -99,6 +102,28 @@ def cmd_evaluate_model(args: argparse.Namespace) -> int:
     for line in report.summary_lines():
         print(line, file=sys.stderr)
     print(json.dumps(report.to_dict(), default=str))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from components.train.logic import TrainingPaused, train
+
+    cfg = _config(args)
+    tokenize_id = args.tokenize_manifest
+    if args.latest:
+        from pipelines.lineage import latest_manifest
+
+        tokenize_id = latest_manifest(cfg, "tokenize")
+    if not tokenize_id and not args.dataset:
+        raise SystemExit("duplexalign train: give --tokenize-manifest ID, --dataset VERSION or "
+                         "--latest")
+    try:
+        result = train(cfg, tokenize_id, dataset_version=args.dataset,
+                       stop_after_steps=args.stop_after_steps)
+    except TrainingPaused as exc:
+        print(f"duplexalign train: {exc}", file=sys.stderr)
+        return 3
+    print(json.dumps(result.to_dict(), default=str))
     return 0
 
 
@@ -207,6 +232,19 @@ def build_parser() -> argparse.ArgumentParser:
             "text stream, refusal and over-refusal, interruption and silence rates")
     p.add_argument("model", nargs="?", default=None,
                    help="'champion' (default: model.source), models:/NAME/V, a folder or s3://")
+
+    p = add("train", cmd_train,
+            "preference-train the champion on a pairs dataset (train.loss: dpo_ln by default, "
+            "dpo, simpo, apo_zero) with early stopping; registers the best checkpoint as "
+            "`challenger`. Reruns return a finished run; an interrupted run resumes")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--tokenize-manifest", default=None,
+                     help="a tokenize manifest id (its stats name the pairs dataset)")
+    src.add_argument("--dataset", default=None, help="a pairs dataset version (pairs-...)")
+    src.add_argument("--latest", action="store_true",
+                     help="the newest tokenize manifest in the bucket")
+    p.add_argument("--stop-after-steps", type=int, default=None,
+                   help="pause after this many steps with a resumable checkpoint (exit code 3)")
 
     p = add("model", cmd_model, "export a model to Kyutai's stock checkpoint format, or import "
                                 "one (safetensors + config.json) into the registry")

@@ -33,6 +33,8 @@ def collect_figures(cfg: Config, final_manifest_id: str) -> dict[str, Any]:
     raw, ingest, transcribe, scrub = (chain.get(s) for s in ("raw", "ingest", "transcribe", "scrub"))
     judge, pairs, resynth, tokenize = (chain.get(s) for s in ("judge", "pairs", "resynthesize",
                                                               "tokenize"))
+    trained = chain.get("train")
+    train_stats = trained.stats if trained else {}
     wer_key = Keys.report("transcribe", transcribe.manifest_id, "wer.json") if transcribe else None
     wer = store.get_json(wer_key)["wer"] if wer_key and store.exists(wer_key) else None
     rejected_by_code = {k.split(":", 1)[1]: v for k, v in (ingest.counts if ingest else {}).items()
@@ -54,6 +56,12 @@ def collect_figures(cfg: Config, final_manifest_id: str) -> dict[str, Any]:
         "resynthesized": resynth.counts.get("items", 0) if resynth else 0,
         "pairs_dataset": tokenize.stats.get("pairs_dataset") if tokenize else None,
         "pairs_report": _report_uri(cfg, store, tokenize.manifest_id) if tokenize else None,
+        "train_run_id": train_stats.get("train_run_id"),
+        "stopped_at_step": train_stats.get("stopped_at_step"),
+        "stop_reason": train_stats.get("stop_reason"),
+        "heldout_pair_accuracy": train_stats.get("heldout_pair_accuracy"),
+        "challenger_version": train_stats.get("challenger_version"),
+        "train_report": train_stats.get("report"),
         "manifests": {stage: m.manifest_id for stage, m in chain.items()},
         "stage_seconds": {stage: m.stats.get("seconds") for stage, m in chain.items()
                           if m.stats.get("seconds") is not None},
@@ -127,6 +135,10 @@ def run_demo(cfg: Config, conversations: int | None = None) -> int:
     return 0 if ok else 1
 
 
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
 def print_summary(f: dict[str, Any], findings: list[str], behaviour: list[str] = ()) -> None:
     wer = f["transcript_wer"]
     lines = [
@@ -143,6 +155,10 @@ def print_summary(f: dict[str, Any], findings: list[str], behaviour: list[str] =
         f"{f['pairs']['B']}, C silence {f['pairs']['C']}; resynthesised {f['resynthesized']}",
         f"  pairs dataset          {f['pairs_dataset'] or 'n/a'}",
         f"  pairs report           {f['pairs_report'] or 'n/a'} (KFP HTML artefact, MLflow)",
+        f"  training               stopped at step {f['stopped_at_step']}: {f['stop_reason']}; "
+        f"held-out pair accuracy {_fmt(f['heldout_pair_accuracy'])}",
+        f"  challenger             version {f['challenger_version']} (MLflow run "
+        f"{f['train_run_id']}; curves {f['train_report']})",
         f"  raw user audio left    {f['raw_user_audio_left']}  (every object version + pipeline root)",
         f"  planted PII left       {f['pii_left']}  (every stored text, normalised)",
         f"  report                 {f['report']} (also in MLflow)",

@@ -432,6 +432,9 @@ class TrainConfig(_Section):
     master_weights: Literal["kahan", "plain"] = "kahan"
     # bf16 autocast for compute: "auto" = on CUDA only.
     autocast: Literal["auto", "bf16", "off"] = "auto"
+    # torch.compile of each temporal-transformer layer: "auto" = on CUDA only (one H100, Moshi 7B:
+    # 0.39 → 0.55 MFU, docs/train.md); on CPU the compile time outweighs the gain at our sizes.
+    compile: Literal["auto", "on", "off"] = "auto"
     gradient_checkpointing: bool = False
     lora: bool = False
     lora_rank: int = Field(default=16, ge=1)
@@ -461,9 +464,32 @@ class TrainConfig(_Section):
     # optimizer steps (0 = at every evaluation), kept locally and in the bucket.
     checkpoint_every: int = Field(default=0, ge=0)
     work_dir: str = ".duplexalign/train"
+    # Mirror each resumable checkpoint to the bucket (a rescheduled pod resumes from there).
+    mirror_checkpoints: bool = True
     reference_cache: bool = True  # reference log-probs cached in the bucket (once per dataset+ref)
     register_model: bool = True  # register the best checkpoint as a new version with alias `challenger`
     alias: str = "challenger"
+
+
+class GpuTolerationConfig(_Section):
+    key: str = "nvidia.com/gpu"
+    operator: Literal["Equal", "Exists"] = "Exists"
+    value: str = ""
+    effect: Literal["NoExecute", "NoSchedule", "PreferNoSchedule"] = "NoSchedule"
+
+
+class GpuPoolConfig(_Section):
+    """Where GPU tasks (train) run on a cluster: applied to the compiled pipeline through
+    kfp-kubernetes (docs/train.md lists the GKE / EKS / AKS label conventions)."""
+
+    accelerator_type: str = "nvidia.com/gpu"  # the extended resource the device plugin exposes
+    accelerator_limit: int = Field(default=1, ge=1)
+    # NVIDIA GPU feature discovery labels every GPU node so; GKE: cloud.google.com/gke-accelerator,
+    # EKS: eks.amazonaws.com/nodegroup or karpenter.k8s.aws/instance-gpu-name, AKS: agentpool.
+    node_selector: dict[str, str] = Field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
+    tolerations: list[GpuTolerationConfig] = Field(default_factory=lambda: [GpuTolerationConfig()])
+    cpu_request: str = "8"
+    memory_request: str = "64G"
 
 
 class PipelineConfig(_Section):
@@ -494,6 +520,7 @@ class Config(_Section):
     resynthesize: ResynthesizeConfig = Field(default_factory=ResynthesizeConfig)
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    gpu_pool: GpuPoolConfig = Field(default_factory=GpuPoolConfig)
 
     def to_json(self) -> str:
         return self.model_dump_json()

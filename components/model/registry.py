@@ -95,10 +95,14 @@ def register_model(
     alias: str | None,
     run_name: str,
     tags: dict[str, str] | None = None,
+    run_id: str | None = None,
 ) -> str:
     """Log the checkpoint folder as a run's artefacts, register it as a new version of
     ``cfg.model.registered_name`` (identity tags on the version), point ``alias`` at it when
-    given; returns the version ("1", "2", ...)."""
+    given; returns the version ("1", "2", ...).
+
+    ``run_id``: log into that existing run (e.g. the training run, so the version's lineage is
+    version → training run → dataset) and leave ending it to its owner; else a new run is made."""
     from mlflow.entities import Metric, Param, RunTag
 
     from components.model.checkpoint import read_identity
@@ -112,7 +116,9 @@ def register_model(
         identity_tags["parent"] = str(identity.parent)
     client = _client(cfg)
     name = cfg.model.registered_name
-    run = client.create_run(_experiment_id(client, cfg.mlflow.experiment), run_name=run_name)
+    owned = run_id is None
+    run = (client.create_run(_experiment_id(client, cfg.mlflow.experiment), run_name=run_name)
+           if owned else client.get_run(run_id))
     run_id = run.info.run_id
     try:
         run_tags = {"profile": cfg.profile, **identity_tags, **(tags or {})}
@@ -132,9 +138,11 @@ def register_model(
                         f"codebooks, {identity.tokenizer_hash}, {identity.codec_hash}")
         if alias:
             client.set_registered_model_alias(name, alias, mv.version)
-        client.set_terminated(run_id, "FINISHED")
+        if owned:
+            client.set_terminated(run_id, "FINISHED")
     except BaseException:
-        client.set_terminated(run_id, "FAILED")
+        if owned:
+            client.set_terminated(run_id, "FAILED")
         raise
     return str(mv.version)
 

@@ -1,0 +1,128 @@
+"""Which pairs a training run sees, in which order: the on-policy filter, the held-out split and
+a deterministic, resumable epoch order over a streamed pairs dataset.
+
+* On-policy: a pair's rejected side is what some model version said; with ``train.on_policy``
+  only pairs served by the policy's own version are kept (after a promotion, the new champion
+  trains on its own mistakes). The version of each pair is read from the dataset's input
+  manifest (resynthesize's items carry the PreferencePair) — never by loading pair tensors.
+* Held-out: a pair is held out when sha256(seed, pair id) falls below ``heldout_fraction``:
+  stable across runs and dataset versions (the same pair is never trained on in one round and
+  held out in the next with the same seed), independent of order.
+* Order: epoch e streams the dataset's shards in the order ``PairDataset.iter_shards`` gives for
+  shuffle seed (seed, e), filtered; the data position is (epoch, pairs consumed). Resuming
+  replays the same stream and skips what was consumed, so it needs no index of the dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from components.common.stagekit import iter_items, load_manifest
+from components.common.storage import ObjectStore
+from components.streams.pairset import PairDataset, PairTensors
+
+
+class NotEnoughPairs(ValueError):
+    """Fewer pairs than ``train.min_pairs`` are left to train on."""
+
+
+def is_heldout(pair_id: str, fraction: float, seed: int) -> bool:
+    if fraction <= 0:
+        return False
+    digest = hashlib.sha256(f"heldout:{seed}:{pair_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def serving_versions(store: ObjectStore, input_manifest_id: str) -> dict[str, str]:
+    """pair id → the model version that served its rejected side, from the dataset's input
+    manifest (the resynthesize stage's items: ResynthesizedPair records)."""
+    manifest = load_manifest(store, input_manifest_id)
+    out: dict[str, str] = {}
+    for item in iter_items(store, manifest):
+        pair = item.get("pair") if isinstance(item, dict) else None
+        if not pair or "pair_id" not in pair:
+            raise ValueError(f"{input_manifest_id}: items carry no PreferencePair; cannot tell "
+                             "which model served each pair (set train.on_policy=false)")
+        out[pair["pair_id"]] = pair.get("serving_model_version", "")
+    return out
+
+
+@dataclass
+class TrainData:
+    """The pairs of one run: ids kept for training and held out, and how to stream them."""
+
+    dataset: PairDataset
+    train_ids: list[str]  # in dataset order
+    heldout_ids: list[str]
+    dropped_off_policy: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)  # training pairs by type
+    seed: int = 0
+
+    @property
+    def version(self) -> str:
+        return self.dataset.version
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[PairTensors]:
+        """Training pairs of ``epoch`` in their shuffled order, the first ``skip`` left out."""
+        keep = set(self.train_ids)
+        seen = 0
+        for pairs in self.dataset.iter_shards(shuffle_seed=self.seed * 1000 + epoch):
+            for pair in pairs:
+                if pair.pair_id not in keep:
+                    continue
+                seen += 1
+                if seen > skip:
+                    yield pair
+
+    def heldout(self) -> list[PairTensors]:
+        """The held-out pairs (kept in memory: a bounded slice)."""
+        keep = set(self.heldout_ids)
+        return [p for p in self.dataset.iter() if p.pair_id in keep]
+
+    def all_pairs(self) -> Iterator[PairTensors]:
+        """Every kept pair (training and held-out), in dataset order."""
+        keep = set(self.train_ids) | set(self.heldout_ids)
+        return (p for p in self.dataset.iter() if p.pair_id in keep)
+
+    def summary(self) -> dict[str, Any]:
+        return {"dataset_version": self.version, "train_pairs": len(self.train_ids),
+                "heldout_pairs": len(self.heldout_ids),
+                "dropped_off_policy": self.dropped_off_policy, "train_by_type": self.by_type}
+
+
+def load_train_data(store: ObjectStore, version: str, *, model_version: str | None,
+                    on_policy: bool, heldout_fraction: float, seed: int, min_pairs: int,
+                    max_heldout: int = 256) -> TrainData:
+    """Select the pairs of dataset ``version`` a run trains on (see the module docstring).
+
+    Raises NotEnoughPairs when fewer than ``min_pairs`` remain (training and held-out
+    together): a run on a handful of pairs would register a model that moved on noise."""
+    dataset = PairDataset(store, version)
+    versions = serving_versions(store, dataset.manifest.input_manifest_id) if on_policy else {}
+    train_ids: list[str] = []
+    heldout_ids: list[str] = []
+    by_type: dict[str, int] = {}
+    dropped = 0
+    for index in range(len(dataset.manifest.shards)):
+        # one pass over the shards (one in memory at a time): ids and types decide, tensors go
+        for pair in dataset.shard(index):
+            if on_policy and versions.get(pair.pair_id) != model_version:
+                dropped += 1
+                continue
+            if len(heldout_ids) < max_heldout and is_heldout(pair.pair_id, heldout_fraction, seed):
+                heldout_ids.append(pair.pair_id)
+            else:
+                train_ids.append(pair.pair_id)
+                by_type[pair.type] = by_type.get(pair.type, 0) + 1
+    kept = len(train_ids) + len(heldout_ids)
+    if kept < min_pairs:
+        why = f" ({dropped} dropped: served by another model than {model_version})" if dropped else ""
+        raise NotEnoughPairs(f"dataset {version}: {kept} pairs to train on{why}, fewer than "
+                             f"train.min_pairs={min_pairs}")
+    if not train_ids:
+        raise NotEnoughPairs(f"dataset {version}: every kept pair is held out")
+    return TrainData(dataset=dataset, train_ids=train_ids, heldout_ids=heldout_ids,
+                     dropped_off_policy=dropped, by_type=by_type, seed=seed)

@@ -1,0 +1,337 @@
+"""The training loop: steps over a deterministic pair stream, evaluation every K steps, early
+stopping with patience, the best checkpoint kept, and exact resumption after a crash.
+
+A step takes the next ``batch_size`` pairs of the stream (epochs concatenated, each in its own
+shuffled order: data.TrainData.epoch) in micro-batches of ``micro_batch_size`` (gradient
+accumulation), then steps the LR schedule. Every ``eval_every`` steps (and at the last) the
+held-out pairs are scored and, on the Moshi path, a held-out slice of conversations is served
+(heldout.py); the criterion decides whether this is the best checkpoint so far, and patience
+whether to stop. Step 0 is evaluated too, as the baseline (the over-optimisation guard compares
+replay length with it), but never kept as "best": the result is always a trained checkpoint.
+
+Resumable state (``resume.pt``, written atomically every ``checkpoint_every`` steps and at each
+evaluation): model, optimizer (Kahan compensation included), schedule, data position (epoch,
+pairs consumed), RNG states, early-stopping state and history. A run that restarts from it ends
+with the same weights as one that never stopped (tests/components/train/test_resume.py).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from components.common.config import TrainConfig
+from components.train.data import TrainData
+from components.train.heldout import pair_metrics
+from components.train.optim import make_optimizer, make_scheduler
+from components.train.reference import ReferenceLogps
+from components.train.step import train_step
+from components.train.types import PreferencePolicy
+
+RESUME_NAME = "resume.pt"
+BEST_NAME = "best.safetensors"
+# criterion → (metric name, higher is better)
+CRITERIA = {"generation": ("generation_score", True),
+            "heldout_accuracy": ("heldout_accuracy", True),
+            "heldout_margin": ("heldout_margin", True),
+            "heldout_loss": ("heldout_loss", False)}
+
+
+@dataclass
+class EarlyStopping:
+    """Where the best checkpoint is and how many evaluations since it did not improve."""
+
+    criterion: str
+    best_value: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    baseline_replay: float | None = None
+    fallback_note: str = ""
+
+
+@dataclass
+class TrainOutcome:
+    completed: bool  # False: paused by stop_after_steps (resume to finish)
+    steps: int  # optimizer steps run in total
+    total_steps: int
+    stopped_at_step: int
+    stop_reason: str
+    best_step: int | None
+    best_metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    frames_per_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def total_steps_for(cfg: TrainConfig, n_train: int) -> int:
+    if cfg.max_steps:
+        return cfg.max_steps
+    return max(1, math.ceil(cfg.epochs * n_train / cfg.batch_size))
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                             "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+
+class PreferenceTrainer:
+    """One training run of ``policy`` on ``data`` (see the module docstring).
+
+    ``generation`` (optional) returns generation metrics of the policy's current weights;
+    ``on_log(step, metrics)`` receives every step's and every evaluation's metrics;
+    ``on_checkpoint(work_dir)`` runs after each resumable checkpoint (e.g. mirrors it to S3)."""
+
+    def __init__(self, policy: PreferencePolicy, data: TrainData, reference: ReferenceLogps | None,
+                 cfg: TrainConfig, *, work_dir: str | Path,
+                 autocast_dtype: torch.dtype | None = None,
+                 generation: Callable[[], dict[str, Any]] | None = None,
+                 on_log: Callable[[int, dict[str, Any]], None] | None = None,
+                 on_checkpoint: Callable[[Path], None] | None = None,
+                 progress: bool = True):
+        if reference is None and cfg.loss != "simpo":
+            raise ValueError(f"loss {cfg.loss} needs reference log-probs")
+        self.policy, self.data, self.reference, self.cfg = policy, data, reference, cfg
+        self.work_dir = Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.autocast_dtype = autocast_dtype
+        self.generation = generation
+        self.on_log = on_log
+        self.on_checkpoint = on_checkpoint
+        self.progress = progress
+        groups = policy.param_groups()
+        self.group_names = [g["name"] for g in groups]
+        self.params = [p for g in groups for p in g["params"]]
+        self.optimizer = make_optimizer(groups, cfg)
+        self.total_steps = total_steps_for(cfg, len(data.train_ids))
+        self.scheduler = make_scheduler(self.optimizer, cfg, self.total_steps)
+        self.heldout = data.heldout()
+        self.step = 0
+        self.epoch = 0
+        self.position = 0  # pairs of the current epoch consumed
+        self.history: list[dict[str, Any]] = []
+        self.early = self._early_stopping()
+        self.frames = 0
+        self.train_seconds = 0.0
+        self.stop_reason = ""  # set once the run has ended (a resumed finished run stays finished)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _early_stopping(self) -> EarlyStopping:
+        criterion = self.cfg.criterion
+        note = ""
+        if criterion == "generation" and self.generation is None:
+            criterion, note = "heldout_accuracy", "no generation metrics on this path"
+        if criterion.startswith("heldout") and not self.heldout:
+            criterion, note = "none", "no held-out pairs"
+        return EarlyStopping(criterion=criterion, fallback_note=note)
+
+    def evaluate(self) -> dict[str, Any]:
+        metrics: dict[str, Any] = {"step": self.step}
+        metrics.update(pair_metrics(self.policy, self.heldout, self.reference, self.cfg,
+                                    self.cfg.micro_batch_size, autocast_dtype=self.autocast_dtype))
+        if self.generation is not None:
+            metrics.update(self.generation())
+        return metrics
+
+    def _judge(self, metrics: dict[str, Any]) -> str | None:
+        """Update early stopping with an evaluation; the stop reason, or None to go on."""
+        early = self.early
+        replay = metrics.get("replay_length")
+        if self.step == 0:
+            early.baseline_replay = replay
+            return None
+        if (replay is not None and early.baseline_replay
+                and replay > self.cfg.max_replay_growth * early.baseline_replay):
+            return (f"over-optimisation: replay length {replay:.1f} words > "
+                    f"{self.cfg.max_replay_growth}x the starting model's "
+                    f"{early.baseline_replay:.1f}")
+        if early.criterion == "none":
+            self._save_best(metrics)
+            return None
+        name, higher = CRITERIA[early.criterion]
+        value = metrics.get(name)
+        if value is None:
+            return None
+        improved = early.best_value is None or (
+            value > early.best_value + self.cfg.min_delta if higher
+            else value < early.best_value - self.cfg.min_delta)
+        if improved:
+            early.best_value, early.best_step, early.bad_evals = float(value), self.step, 0
+            self._save_best(metrics)
+            return None
+        early.bad_evals += 1
+        if early.bad_evals >= self.cfg.patience:
+            return (f"patience: {name} did not improve on {early.best_value:.4f} (step "
+                    f"{early.best_step}) for {early.bad_evals} evaluations")
+        return None
+
+    def _save_best(self, metrics: dict[str, Any]) -> None:
+        if self.early.criterion == "none":
+            self.early.best_step = self.step
+        tmp = self.work_dir / f".{BEST_NAME}.tmp"
+        save_file(model_state(self.policy.model), str(tmp))
+        os.replace(tmp, self.work_dir / BEST_NAME)
+        self.best_metrics = dict(metrics)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_resume(self) -> None:
+        state = {"step": self.step, "epoch": self.epoch, "position": self.position,
+                 "model": model_state(self.policy.model),
+                 "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "rng": _rng_state(),
+                 "early": asdict(self.early), "history": self.history,
+                 "best_metrics": getattr(self, "best_metrics", {}), "frames": self.frames,
+                 "train_seconds": self.train_seconds, "total_steps": self.total_steps,
+                 "dataset_version": self.data.version, "stop_reason": self.stop_reason}
+        _atomic_torch_save(state, self.work_dir / RESUME_NAME)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self.work_dir)
+
+    def try_resume(self) -> bool:
+        path = self.work_dir / RESUME_NAME
+        if not path.is_file():
+            return False
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state.get("dataset_version") != self.data.version or \
+                state.get("total_steps") != self.total_steps:
+            raise ValueError(f"{path} belongs to another run (dataset {state.get('dataset_version')}, "
+                             f"{state.get('total_steps')} steps); remove it or use another work dir")
+        self.policy.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        self.early = EarlyStopping(**state["early"])
+        self.history = state["history"]
+        self.best_metrics = state["best_metrics"]
+        self.frames, self.train_seconds = state["frames"], state["train_seconds"]
+        self.stop_reason = state.get("stop_reason", "")
+        if self.progress:
+            print(f"[train] resumed at step {self.step}/{self.total_steps} (epoch {self.epoch}, "
+                  f"{self.position} pairs in)", file=sys.stderr, flush=True)
+        return True
+
+    # ------------------------------------------------------------------ the loop
+
+    def _stream(self) -> Iterator[tuple[Any, int, int]]:
+        """(pair, epoch, position after it) from the saved data position on, epochs chained."""
+        epoch, skip = self.epoch, self.position
+        while True:
+            position = skip
+            for pair in self.data.epoch(epoch, skip=skip):
+                position += 1
+                yield pair, epoch, position
+            epoch, skip = epoch + 1, 0
+
+    def _log(self, metrics: dict[str, Any]) -> None:
+        if self.on_log is not None:
+            self.on_log(self.step, metrics)
+
+    def run(self, stop_after_steps: int | None = None) -> TrainOutcome:
+        t0 = time.monotonic()
+        self.try_resume()
+        if self.stop_reason:  # this run already ended: the same result, no further step
+            return self._outcome(True, self.stop_reason, t0)
+        self.policy.model.train()
+        checkpoint_every = self.cfg.checkpoint_every or self.cfg.eval_every
+        if self.step == 0 and not self.history:
+            metrics = self.evaluate()
+            self._judge(metrics)
+            self.history.append(metrics)
+            self._log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+        stream = self._stream()
+        stop_reason = ""
+        run_steps = 0
+        while self.step < self.total_steps:
+            if stop_after_steps is not None and run_steps >= stop_after_steps:
+                self.save_resume()
+                return self._outcome(False, "paused", t0)
+            pairs = []
+            for _ in range(self.cfg.batch_size):
+                pair, self.epoch, self.position = next(stream)
+                pairs.append(pair)
+            micro = [pairs[i : i + self.cfg.micro_batch_size]
+                     for i in range(0, len(pairs), self.cfg.micro_batch_size)]
+            batches = [self.policy.collate(m) for m in micro]
+            refs = ([self.reference.batch(b.pair_ids) for b in batches]
+                    if self.reference is not None else None)
+            lrs = {f"lr_{n}": g["lr"] for n, g in zip(self.group_names, self.optimizer.param_groups)}
+            out = train_step(self.policy, self.optimizer, batches, refs, self.cfg,
+                             autocast_dtype=self.autocast_dtype, params=self.params)
+            self.scheduler.step()
+            self.step += 1
+            run_steps += 1
+            self.frames += out.positions
+            self.train_seconds += out.seconds
+            metrics = {**out.to_dict(), **lrs, "epoch": self.epoch,
+                       "frames_per_s": out.positions / out.seconds if out.seconds else None}
+            self._log({f"train/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+            if self.progress:
+                print(f"[train] step {self.step}/{self.total_steps} loss {out.loss:.4f} "
+                      f"acc {out.accuracy:.2f} margin {out.margins:.4f} grad {out.grad_norm:.3g} "
+                      f"({out.seconds:.2f}s)", file=sys.stderr, flush=True)
+            evaluated = self.step % self.cfg.eval_every == 0 or self.step == self.total_steps
+            if evaluated:
+                ev = self.evaluate()
+                reason = self._judge(ev)
+                self.history.append(ev)
+                self._log({f"eval/{k}": v for k, v in ev.items() if isinstance(v, (int, float))})
+                if reason:
+                    stop_reason = reason
+            if stop_reason:
+                break
+            if evaluated or self.step % checkpoint_every == 0:
+                self.save_resume()
+        if not stop_reason:
+            stop_reason = f"completed {self.total_steps} steps"
+        self.stop_reason = stop_reason
+        self.save_resume()  # durable end state: a rerun returns this result, trains no further
+        return self._outcome(True, stop_reason, t0)
+
+    def _outcome(self, completed: bool, reason: str, t0: float) -> TrainOutcome:
+        best = self.work_dir / BEST_NAME
+        if completed and best.is_file():
+            # keep the best checkpoint: the weights of the best evaluation, not the last step's
+            self.policy.model.load_state_dict(load_file(str(best)))
+        return TrainOutcome(
+            completed=completed, steps=self.step, total_steps=self.total_steps,
+            stopped_at_step=self.step, stop_reason=reason, best_step=self.early.best_step,
+            best_metrics=getattr(self, "best_metrics", {}), history=list(self.history),
+            seconds=round(time.monotonic() - t0, 2),
+            frames_per_s=self.frames / self.train_seconds if self.train_seconds else None)
