@@ -463,7 +463,7 @@ class TrainConfig(_Section):
     # Resumable checkpoints (model, optimizer, schedule, data position, RNG) every this many
     # optimizer steps (0 = at every evaluation), kept locally and in the bucket.
     checkpoint_every: int = Field(default=0, ge=0)
-    work_dir: str = ".duplexalign/train"
+    work_dir: str = ""  # local checkpoints; "" = <services.state_dir>/train
     # Mirror each resumable checkpoint to the bucket (a rescheduled pod resumes from there).
     mirror_checkpoints: bool = True
     reference_cache: bool = True  # reference log-probs cached in the bucket (once per dataset+ref)
@@ -543,6 +543,14 @@ _BOOTSTRAP_SMALL: dict[str, Any] = {"batch_size": 8, "window_frames": 512, "weig
 _LOCAL_JUDGE: dict[str, Any] = {"thresholds": {**{a: 2.5 for a in JUDGE_AXIS_NAMES},
                                                "safety": 2.24}}
 
+# Preference training of the small embedded models (docs/train.md): the paper's 5e-9 would not
+# move a 1-5M-parameter model trained from scratch at 1e-3, and a demo round has tens of pairs,
+# not 93k; a few epochs in small batches, evaluated every few steps, with a short patience.
+_TRAIN_SMALL: dict[str, Any] = {"temporal_lr": 3e-5, "depformer_lr": 3e-5, "batch_size": 4,
+                                "micro_batch_size": 4, "warmup_steps": 1, "epochs": 3.0,
+                                "min_pairs": 8, "eval_every": 3, "patience": 2,
+                                "eval_conversations": 4, "heldout_fraction": 0.25}
+
 # Profiles set sizes and budgets; docs/budgets.md has the table of what each costs.
 PROFILES: dict[str, dict[str, Any]] = {
     "ci": {"simulate": {"conversations": 6, "turns_min": 2, "turns_max": 3},
@@ -553,17 +561,19 @@ PROFILES: dict[str, dict[str, Any]] = {
                          "batch_size": 16, "window_frames": 256},
            "evaluate": {"qa_items": 12, "qa_new_phrasing_items": 6, "unsafe_items": 6,
                         "benign_edgy_items": 6},
-           "judge": _LOCAL_JUDGE},
+           "judge": _LOCAL_JUDGE,
+           "train": {**_TRAIN_SMALL, "temporal_lr": 1e-4, "depformer_lr": 1e-4, "epochs": 2.0,
+                     "min_pairs": 2, "eval_every": 2, "eval_conversations": 1}},
     "demo": {"simulate": {"conversations": 12}, "streams": {"num_codebooks": 4},
              # 240 conversations and 700 steps: ~21 min cold (15 min bought a model that
              # answered none of the seen questions when served; docs/model.md), then cached.
              "bootstrap": {"conversations": 240, "max_steps": 700, "time_budget_s": 1200.0,
                            **_BOOTSTRAP_SMALL},
-             "judge": _LOCAL_JUDGE},
+             "judge": _LOCAL_JUDGE, "train": _TRAIN_SMALL},
     "bench": {"simulate": {"conversations": 24}, "streams": {"num_codebooks": 4},
               "bootstrap": {"conversations": 400, "max_steps": 4000, "time_budget_s": 2400.0,
                             **_BOOTSTRAP_SMALL},
-              "judge": _LOCAL_JUDGE},
+              "judge": _LOCAL_JUDGE, "train": _TRAIN_SMALL},
     "production": {
         "storage": {"endpoint": "s3.amazonaws.com", "secure": True, "credentials_file": ""},
         "mlflow": {"tracking_uri": "http://mlflow.duplexalign.svc:5000"},

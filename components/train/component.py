@@ -13,13 +13,20 @@ def train_op(tokenize_manifest_id: str, profile: str, overrides: str, pipeline_r
     default, early stopping on held-out pairs and generations), register the best checkpoint as
     the `challenger`; the training curves page is the task's HTML artefact. Returns the train
     manifest id (its stats: run id, challenger version, where and why it stopped)."""
+    import html
+
     from components.common.kfp_support import config_from_params
     from components.common.storage import ObjectStore
     from components.train.logic import report_key, train
 
     cfg = config_from_params(profile, overrides)
-    result = train(cfg, tokenize_manifest_id, pipeline_run=pipeline_run)
-    ObjectStore.from_config(cfg.storage).download_file(report_key(result.run_key), report.path)
+    result = train(cfg, tokenize_manifest_id, pipeline_run=pipeline_run, skip_if_too_few=True)
+    if result.report:
+        ObjectStore.from_config(cfg.storage).download_file(report_key(result.run_key),
+                                                           report.path)
+    else:  # skipped (too few pairs): the artefact says why
+        with open(report.path, "w", encoding="utf-8") as fh:
+            fh.write(f"<!doctype html><p>No training: {html.escape(result.stop_reason)}</p>")
     return result.manifest_id
 
 

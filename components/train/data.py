@@ -29,11 +29,13 @@ class NotEnoughPairs(ValueError):
     """Fewer pairs than ``train.min_pairs`` are left to train on."""
 
 
-def is_heldout(pair_id: str, fraction: float, seed: int) -> bool:
-    if fraction <= 0:
-        return False
+def _heldout_hash(pair_id: str, seed: int) -> float:
     digest = hashlib.sha256(f"heldout:{seed}:{pair_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def is_heldout(pair_id: str, fraction: float, seed: int) -> bool:
+    return fraction > 0 and _heldout_hash(pair_id, seed) < fraction
 
 
 def serving_versions(store: ObjectStore, input_manifest_id: str) -> dict[str, str]:
@@ -105,6 +107,7 @@ def load_train_data(store: ObjectStore, version: str, *, model_version: str | No
     train_ids: list[str] = []
     heldout_ids: list[str] = []
     by_type: dict[str, int] = {}
+    types: dict[str, str] = {}
     dropped = 0
     for index in range(len(dataset.manifest.shards)):
         # one pass over the shards (one in memory at a time): ids and types decide, tensors go
@@ -112,11 +115,22 @@ def load_train_data(store: ObjectStore, version: str, *, model_version: str | No
             if on_policy and versions.get(pair.pair_id) != model_version:
                 dropped += 1
                 continue
+            types[pair.pair_id] = pair.type
             if len(heldout_ids) < max_heldout and is_heldout(pair.pair_id, heldout_fraction, seed):
                 heldout_ids.append(pair.pair_id)
             else:
                 train_ids.append(pair.pair_id)
                 by_type[pair.type] = by_type.get(pair.type, 0) + 1
+    if heldout_fraction > 0 and not heldout_ids and len(train_ids) >= 2:
+        # a small dataset can draw no held-out pair at all: hold out the one whose hash is
+        # lowest (still stable), so held-out accuracy is always measured
+        first = min(train_ids, key=lambda i: _heldout_hash(i, seed))
+        train_ids.remove(first)
+        heldout_ids.append(first)
+        by_type.clear()
+        for pid in train_ids:
+            ptype = types[pid]
+            by_type[ptype] = by_type.get(ptype, 0) + 1
     kept = len(train_ids) + len(heldout_ids)
     if kept < min_pairs:
         why = f" ({dropped} dropped: served by another model than {model_version})" if dropped else ""

@@ -145,11 +145,16 @@ def _write_manifest(store: ObjectStore, tokenize_manifest_id: str | None,
 
 def train(cfg: Config, tokenize_manifest_id: str | None = None, *,
           dataset_version: str | None = None, pipeline_run: str = "",
-          stop_after_steps: int | None = None, progress: bool = True) -> TrainResult:
-    """Train (or resume, or return the finished run of the same inputs); see the module doc."""
+          stop_after_steps: int | None = None, skip_if_too_few: bool = False,
+          progress: bool = True) -> TrainResult:
+    """Train (or resume, or return the finished run of the same inputs); see the module doc.
+
+    Fewer pairs than ``train.min_pairs`` (after the on-policy filter) raise NotEnoughPairs, or,
+    with ``skip_if_too_few`` (the pipeline's task), end the stage without training: its manifest
+    says why, and no challenger is registered."""
     from components.model.checkpoint import load_checkpoint, read_identity, save_checkpoint
     from components.model.registry import model_version_tag, resolve_model
-    from components.train.data import load_train_data
+    from components.train.data import NotEnoughPairs, load_train_data
     from components.train.moshi_policy import MoshiTextPolicy
     from components.train.reference import reference_logps
     from components.train.tracking import TrainTracker, flatten, render_curves_html
@@ -183,9 +188,23 @@ def train(cfg: Config, tokenize_manifest_id: str | None = None, *,
                  f"{result.challenger_version}")
         return result
 
-    data = load_train_data(store, dataset_version, model_version=policy_tag,
-                           on_policy=tc.on_policy, heldout_fraction=tc.heldout_fraction,
-                           seed=tc.seed, min_pairs=tc.min_pairs)
+    try:
+        data = load_train_data(store, dataset_version, model_version=policy_tag,
+                               on_policy=tc.on_policy, heldout_fraction=tc.heldout_fraction,
+                               seed=tc.seed, min_pairs=tc.min_pairs)
+    except NotEnoughPairs as exc:
+        if not skip_if_too_few:
+            raise
+        _log(f"not training: {exc}")
+        skipped = TrainResult(
+            manifest_id="", run_key=key, train_run_id="", dataset_version=dataset_version,
+            policy_version=policy_tag, challenger_version=None, stopped_at_step=0,
+            total_steps=0, best_step=None, stop_reason=f"skipped: {exc}",
+            heldout_pair_accuracy=None, heldout_margin=None, train_pairs=0, heldout_pairs=0,
+            dropped_off_policy=0, reference_cached=False,
+            seconds=round(time.monotonic() - t0, 2), frames_per_s=None)
+        skipped.manifest_id = _write_manifest(store, tokenize_manifest_id, skipped)
+        return skipped
     if data.dataset.manifest.tokenizer_hash != identity.tokenizer_hash or \
             data.dataset.manifest.codec_hash != identity.codec_hash:
         raise ValueError(f"dataset {dataset_version} was tokenised with "
@@ -217,7 +236,7 @@ def train(cfg: Config, tokenize_manifest_id: str | None = None, *,
                                     batch_size=tc.micro_batch_size, autocast_dtype=autocast,
                                     use_cache=tc.reference_cache, progress=progress)
 
-    work_dir = Path(tc.work_dir) / key
+    work_dir = Path(tc.work_dir or Path(cfg.services.state_dir) / "train") / key
     work_dir.mkdir(parents=True, exist_ok=True)
     mirror = _StateMirror(store, key, tc.mirror_checkpoints)
     if mirror.pull(work_dir) and progress:

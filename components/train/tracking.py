@@ -45,12 +45,18 @@ class TrainTracker:
 
         self.cfg = cfg
         self.client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
-        if run_id is None:
+        run = None
+        if run_id is not None:
+            from mlflow.exceptions import MlflowException
+
+            try:
+                run = self.client.get_run(run_id)
+                self.client.update_run(run_id, status="RUNNING")
+            except MlflowException:  # a work dir from another tracking server: start afresh
+                run = None
+        if run is None:
             run = self.client.create_run(_experiment_id(self.client, cfg.mlflow.experiment),
                                          run_name=run_name)
-        else:
-            run = self.client.get_run(run_id)
-            self.client.update_run(run_id, status="RUNNING")
         self.run_id = run.info.run_id
         self._buffer: list[Any] = []
 

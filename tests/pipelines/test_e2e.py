@@ -65,6 +65,13 @@ def test_demo_end_to_end(tmp_path):
     assert set(summary["pairs"]) == {"A", "B", "C"} and sum(summary["pairs"].values()) > 0
     assert summary["resynthesized"] == sum(summary["pairs"].values())
     assert summary["pairs_dataset"].startswith("pairs-")
+    # DPO-LN on those pairs: an MLflow run that stopped somewhere for a stated reason, a
+    # held-out accuracy, and the best checkpoint registered as the challenger (version 2).
+    assert summary["train_run_id"] and summary["stopped_at_step"] > 0
+    assert summary["stop_reason"] and not summary["stop_reason"].startswith("skipped")
+    assert 0.0 <= summary["heldout_pair_accuracy"] <= 1.0
+    assert summary["challenger_version"] == "2"
+    assert summary["train_report"].startswith("s3://")
     # The conversations were the champion's own: it was bootstrapped, registered and served.
     assert summary["champion_version"] == "1"
     assert summary["served"]["model_version"] == f"{cfg.model.registered_name}/1"
@@ -75,8 +82,16 @@ def test_demo_end_to_end(tmp_path):
         assert baseline["n"][rate] > 0 and 0.0 <= baseline[rate] <= 1.0, rate
 
 
-def test_run_killed_mid_transcribe_then_rerun_processes_each_conversation_once(stage_cfg):
+def test_run_killed_mid_transcribe_then_rerun_processes_each_conversation_once(stage_cfg, tmp_path):
+    from components.streams.codec import load_codec
+    from components.streams.tokenizer import load_tokenizer
+    from tests.components.train.synthetic import tiny_checkpoint
+
     stage_cfg.transcribe.batch_items = 1  # one conversation per Whisper batch: markers land one by one
+    # The policy is a checkpoint folder that served none of these SCRIPTED conversations: the
+    # on-policy filter leaves no pair, and the train task ends the run without training.
+    stage_cfg.train.policy_source = str(tiny_checkpoint(
+        tmp_path / "policy", load_tokenizer(stage_cfg), load_codec(stage_cfg)))
     sim = simulate_conversations(stage_cfg, n=4, batch="killed", progress=False)
     store = ObjectStore.from_config(stage_cfg.storage)
     run = cli(stage_cfg, "run", "--input-manifest", sim.manifest_id,
@@ -102,7 +117,11 @@ def test_run_killed_mid_transcribe_then_rerun_processes_each_conversation_once(s
     assert chain["transcribe"].counts["items"] == chain["scrub"].counts["items"] == ingested > 0
     markers = [i.key for i in store.list(Keys.item_state_prefix("transcribe", chain["ingest"].manifest_id))]
     assert len(markers) == len(set(markers)) == ingested  # each conversation transcribed once
-    assert load_manifest(store, final).stage == "tokenize"
+    trained = load_manifest(store, final)
+    assert trained.stage == "train" and trained.input_manifest_id == chain["tokenize"].manifest_id
+    assert trained.stats["stop_reason"].startswith("skipped: ")
+    assert "dropped: served by another model" in trained.stats["stop_reason"]
+    assert trained.stats["challenger_version"] is None
     assert chain["judge"].counts["items"] == ingested
     audit = audit_run(stage_cfg, sim.conversation_ids)
     assert (audit.raw_user_audio_left, audit.pii_left) == (0, 0), audit.findings
