@@ -16,7 +16,7 @@ def test_compiled_pipeline_is_up_to_date(tmp_path):
 
 
 def test_components_are_lightweight_on_the_project_image():
-    spec = yaml.safe_load(COMPILED_PATH.read_text())
+    spec = next(yaml.safe_load_all(COMPILED_PATH.read_text()))  # then the platform spec
     executors = spec["deploymentSpec"]["executors"]
     assert {"exec-ingest-op", "exec-transcribe-op", "exec-scrub-op"} <= set(executors)
     for executor in executors.values():
@@ -28,3 +28,24 @@ def test_components_are_lightweight_on_the_project_image():
     assert all(t.get("cachingOptions", {}).get("enableCache") in (None, False) for t in tasks.values())
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert {"input_manifest_id", "profile", "overrides", "groundtruth_bucket"} <= set(params)
+
+
+def test_the_train_task_asks_for_the_gpu_node_pool():
+    """Accelerator type and limit from the production profile's gpu_pool, and its node selector
+    and toleration (kfp-kubernetes platform spec); only the train task asks for a GPU."""
+    from components.common.config import load_config
+
+    pool = load_config("production").gpu_pool
+    docs = list(yaml.safe_load_all(COMPILED_PATH.read_text()))
+    spec, platform = docs[0], docs[1]
+    executors = spec["deploymentSpec"]["executors"]
+    resources = executors["exec-train-op"]["container"]["resources"]
+    assert resources["accelerator"]["resourceType"] == pool.accelerator_type
+    assert int(resources["accelerator"]["resourceCount"]) == pool.accelerator_limit
+    others = [name for name, e in executors.items()
+              if name != "exec-train-op" and "accelerator" in e["container"].get("resources", {})]
+    assert others == []
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-op"]
+    assert k8s["nodeSelector"]["labels"] == pool.node_selector
+    assert k8s["tolerations"] == [{"key": t.key, "operator": t.operator, "effect": t.effect}
+                                  for t in pool.tolerations]
