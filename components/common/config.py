@@ -488,8 +488,8 @@ class GpuPoolConfig(_Section):
     # EKS: eks.amazonaws.com/nodegroup or karpenter.k8s.aws/instance-gpu-name, AKS: agentpool.
     node_selector: dict[str, str] = Field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
     tolerations: list[GpuTolerationConfig] = Field(default_factory=lambda: [GpuTolerationConfig()])
-    cpu_request: str = "8"
-    memory_request: str = "64G"
+    cpu_request: str | int = "8"
+    memory_request: str | int = "64G"
 
 
 class PipelineConfig(_Section):

@@ -37,8 +37,8 @@ def request_gpu(task: dsl.PipelineTask, pool: GpuPoolConfig) -> dsl.PipelineTask
 
     task.set_accelerator_type(pool.accelerator_type)
     task.set_accelerator_limit(pool.accelerator_limit)
-    task.set_cpu_request(pool.cpu_request)
-    task.set_memory_request(pool.memory_request)
+    task.set_cpu_request(str(pool.cpu_request))
+    task.set_memory_request(str(pool.memory_request))
     for label, value in pool.node_selector.items():
         kubernetes.add_node_selector(task, label_key=label, label_value=value)
     for tol in pool.tolerations:

@@ -146,8 +146,8 @@ def _env(cfg: Config, options: ClusterJobOptions) -> list[dict[str, Any]]:
 
 def _resources(cfg: Config, options: ClusterJobOptions, gpus: int) -> dict[str, Any]:
     pool = cfg.gpu_pool
-    requests = {"cpu": options.cpu_per_node or pool.cpu_request,
-                "memory": options.memory_per_node or pool.memory_request}
+    requests = {"cpu": options.cpu_per_node or str(pool.cpu_request),
+                "memory": options.memory_per_node or str(pool.memory_request)}
     # An extended resource's request defaults to its limit (and must equal it): limit only.
     return {"requests": requests, "limits": {pool.accelerator_type: gpus}}
 
