@@ -31,6 +31,8 @@ examples:
   duplexalign train --latest                DPO-LN on the last pipeline run's pairs dataset:
                                             early stopping, MLflow run, `challenger` registered
   duplexalign --set train.loss=simpo train --dataset pairs-...   one switch, four losses
+  duplexalign --profile production trainjob --dataset pairs-... --nodes 2 --gpus-per-node 8
+                                            a Kubeflow TrainJob (or --kind PyTorchJob) to apply
   duplexalign run --input-manifest raw-...  run the pipeline (KFP local runner) on a sealed batch
   duplexalign compile                       write the pipeline's IR YAML (pipelines/alignment.yaml)
   duplexalign bench transcribe              stage vs plain whisper_timestamped loop: RTF and WER
@@ -124,6 +126,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"duplexalign train: {exc}", file=sys.stderr)
         return 3
     print(json.dumps(result.to_dict(), default=str))
+    return 0
+
+
+def cmd_trainjob(args: argparse.Namespace) -> int:
+    from components.train.trainjob import render_trainjob, to_yaml
+
+    # no live endpoints here: the manifest carries the configuration as given (cluster endpoints)
+    manifest = render_trainjob(args.base_config, args.dataset, args.nodes, args.gpus_per_node,
+                               args.kind)
+    print(to_yaml(manifest), end="")
     return 0
 
 
@@ -245,6 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the newest tokenize manifest in the bucket")
     p.add_argument("--stop-after-steps", type=int, default=None,
                    help="pause after this many steps with a resumable checkpoint (exit code 3)")
+
+    p = add("trainjob", cmd_trainjob,
+            "print a Kubeflow Trainer TrainJob (or a PyTorchJob) that trains a pairs dataset "
+            "with torchrun + FSDP on several GPU nodes (docs/train.md, Scale)")
+    p.add_argument("--dataset", required=True, help="the pairs dataset version (pairs-...)")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--kind", choices=["TrainJob", "PyTorchJob"], default="TrainJob")
 
     p = add("model", cmd_model, "export a model to Kyutai's stock checkpoint format, or import "
                                 "one (safetensors + config.json) into the registry")

@@ -10,7 +10,7 @@ import pytest
 from pipelines.cli import build_parser
 
 COMMANDS = ["services", "bootstrap", "simulate", "seal", "run", "compile", "demo", "bench", "evaluate-model",
-            "model"]
+            "model", "train", "trainjob"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -37,3 +37,18 @@ def test_each_command_has_help(command):
 def test_a_typo_in_an_override_is_reported():
     out = _run("--set", "simulate.conversation=3", "compile", "--output", "/dev/null")
     assert out.returncode != 0 and "conversation" in out.stderr
+
+
+def test_trainjob_prints_a_manifest_that_trains_the_dataset():
+    import yaml
+
+    out = _run("--profile", "production", "trainjob", "--dataset", "pairs-0123", "--nodes", "2",
+               "--gpus-per-node", "4", "--kind", "PyTorchJob")
+    assert out.returncode == 0, out.stderr
+    job = yaml.safe_load(out.stdout)
+    assert job["kind"] == "PyTorchJob"
+    assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
+    command = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
+        "command"]
+    assert command[:3] == ["torchrun", "-m", "pipelines.cli"]
+    assert command[-3:] == ["train", "--dataset", "pairs-0123"]
