@@ -14,28 +14,17 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from components.common.config import Config, load_config
+from components.common.config import Config, flatten, load_config
 
 COMPILED_PATH = Path(__file__).with_name("alignment.yaml")
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, dotted + "."))
-        else:
-            out[dotted] = value
-    return out
 
 
 def pipeline_overrides(cfg: Config) -> dict[str, Any]:
     """The dotted keys where `cfg` differs from its profile: what the pipeline's `overrides`
     parameter must carry so components rebuild exactly this config (never secrets: the config
     holds none)."""
-    base = _flatten(load_config(cfg.profile).model_dump(mode="json"))
-    mine = _flatten(cfg.model_dump(mode="json"))
+    base = flatten(load_config(cfg.profile).model_dump(mode="json"))
+    mine = flatten(cfg.model_dump(mode="json"))
     return {k: v for k, v in sorted(mine.items()) if base.get(k) != v and k != "profile"}
 
 

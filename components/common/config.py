@@ -603,6 +603,19 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``: the dotted keys of a nested dict (the inverse of
+    what overrides build), e.g. to log a config section as MLflow params."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
 def parse_override(item: str) -> dict[str, Any]:
     """``a.b.c=value`` → ``{"a": {"b": {"c": value}}}``; the value is parsed as YAML (so numbers,
     booleans and lists get their types; pydantic then validates them)."""

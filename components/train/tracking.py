@@ -19,20 +19,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from components.common.config import Config
+from components.common.config import Config, flatten  # noqa: F401  (re-exported)
 
 METRIC_FLUSH = 25  # buffered metrics go out in batches (one HTTP call per batch)
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 class TrainTracker:
