@@ -16,7 +16,7 @@ a deterministic, resumable epoch order over a streamed pairs dataset.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +88,13 @@ class TrainData:
         """Every kept pair (training and held-out), in dataset order."""
         keep = set(self.train_ids) | set(self.heldout_ids)
         return (p for p in self.dataset.iter() if p.pair_id in keep)
+
+    def reference_groups(self) -> list[Iterable[PairTensors]]:
+        """What the reference scores, in two groups batched apart: the held-out pairs in the
+        order ``heldout()`` gives them (the held-out evaluation batches them the same way), then
+        the training pairs."""
+        keep = set(self.train_ids)
+        return [self.heldout(), (p for p in self.dataset.iter() if p.pair_id in keep)]
 
     def summary(self) -> dict[str, Any]:
         return {"dataset_version": self.version, "train_pairs": len(self.train_ids),

@@ -66,10 +66,16 @@ class ReferenceLogps:
         return cls(values=values, key=key, cached=True, seconds=0.0)
 
 
-def compute_reference(policy: PreferencePolicy, pairs: Iterable[Any], batch_size: int, *,
-                      autocast_dtype: torch.dtype | None = None, progress: bool = True
-                      ) -> dict[str, tuple[float, float, float, float]]:
-    """Score every pair once, without gradient, in batches of ``batch_size``."""
+def compute_reference(policy: PreferencePolicy, pairs: Iterable[Any] | Sequence[Iterable[Any]],
+                      batch_size: int, *, autocast_dtype: torch.dtype | None = None,
+                      progress: bool = True) -> dict[str, tuple[float, float, float, float]]:
+    """Score every pair once, without gradient, in batches of ``batch_size``.
+
+    ``pairs`` may be a list of groups, each batched on its own: the held-out pairs form their
+    own group, batched exactly as the held-out evaluation batches them, so at step 0 (policy =
+    reference) their rewards are exactly 0 rather than the float noise of another padding."""
+    groups = pairs if isinstance(pairs, list) and pairs and not hasattr(pairs[0], "pair_id") \
+        else [pairs]
     values: dict[str, tuple[float, float, float, float]] = {}
     batch: list[Any] = []
     t0 = time.monotonic()
@@ -85,16 +91,18 @@ def compute_reference(policy: PreferencePolicy, pairs: Iterable[Any], batch_size
             print(f"[train] reference log-probs: {len(values)} pairs ({time.monotonic() - t0:.1f}s)",
                   file=sys.stderr, flush=True)
 
-    for pair in pairs:
-        batch.append(pair)
-        if len(batch) >= batch_size:
+    for group in groups:
+        for pair in group:
+            batch.append(pair)
+            if len(batch) >= batch_size:
+                flush()
+        if batch:
             flush()
-    if batch:
-        flush()
     return values
 
 
-def reference_logps(store: ObjectStore | None, policy: PreferencePolicy, pairs: Iterable[Any], *,
+def reference_logps(store: ObjectStore | None, policy: PreferencePolicy,
+                    pairs: Iterable[Any] | Sequence[Iterable[Any]], *,
                     dataset_version: str, reference_sha256: str, scoring: dict[str, Any],
                     batch_size: int, autocast_dtype: torch.dtype | None = None,
                     use_cache: bool = True, progress: bool = True) -> ReferenceLogps:

@@ -47,7 +47,7 @@ def make_run(store, tcfg, work_dir: Path, n_pairs: int = 24):
                            min_pairs=tcfg.min_pairs)
     lm = build_lm(lm_kwargs("tiny", Layout(4), context=64), seed=0)
     policy = MoshiTextPolicy(lm, tcfg)
-    ref = reference_logps(store, policy, data.all_pairs(), dataset_version=data.version,
+    ref = reference_logps(store, policy, data.reference_groups(), dataset_version=data.version,
                           reference_sha256="init-seed-0", scoring={"t": 1}, batch_size=4,
                           progress=False)
     logged: list[tuple[int, dict]] = []
