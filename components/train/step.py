@@ -2,6 +2,13 @@
 accumulated to the effective batch, clipped, applied.
 
 Kept apart from the loop (trainer.py) so benchmarks and tests time exactly what training runs.
+
+Data-parallel (``ctx`` of world size > 1, the model sharded with FSDP2): each rank passes its own
+micro-batches and ``loss_weight`` = ``distributed.local_loss_weight`` (FSDP averages the ranks'
+gradients, the weight makes that average the gradient of the mean over all the step's pairs);
+the metrics are summed over the ranks, so every rank returns the step's global means, and
+``clip_grad_norm_`` over DTensor gradients is already the global norm. Every rank must run the
+same number of micro-batches (each forward and backward is a collective).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from typing import Any
 import torch
 
 from components.common.config import TrainConfig
+from components.train.distributed import DistContext, all_reduce_sum
 from components.train.losses import preference_loss
 from components.train.types import PairBatch, PreferencePolicy, SequenceLogps
 
@@ -48,12 +56,17 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None) -> Any:
 def train_step(policy: PreferencePolicy, optimizer: torch.optim.Optimizer,
                micro_batches: list[PairBatch], reference: list[SequenceLogps] | None,
                cfg: TrainConfig, *, autocast_dtype: torch.dtype | None = None,
-               params: list[torch.nn.Parameter] | None = None) -> StepMetrics:
+               params: list[torch.nn.Parameter] | None = None,
+               ctx: DistContext | None = None, loss_weight: float = 1.0) -> StepMetrics:
     """Accumulate the gradient of the preference loss over ``micro_batches`` (each micro-batch's
     mean loss weighted by its share of the step's pairs, so the step's loss is the mean over all
     its pairs whatever the split), clip to ``cfg.max_grad_norm``, step the optimizer (the LR
     scheduler is the caller's), zero the gradients. ``reference`` holds one SequenceLogps per
-    micro-batch (None only for reference-free losses)."""
+    micro-batch (None only for reference-free losses).
+
+    Distributed (``ctx``): ``micro_batches`` are this rank's share of the step, each micro-batch's
+    scaled loss is multiplied by ``loss_weight`` (see the module doc), and the returned metrics,
+    ``pairs`` and ``positions`` are over all ranks' pairs (the same on every rank)."""
     t0 = time.perf_counter()
     total = sum(len(b) for b in micro_batches)
     if total == 0:
@@ -73,7 +86,7 @@ def train_step(policy: PreferencePolicy, optimizer: torch.optim.Optimizer,
         ref = reference[i].to(device) if reference is not None else None
         out = preference_loss(cfg, logps, ref)
         share = len(batch) / total
-        (out.loss * share).backward()
+        (out.loss * (share * loss_weight)).backward()  # world size 1: loss_weight = 1.0 exactly
         n = len(batch)
         sums["loss"] += float(out.loss.detach()) * n
         sums["chosen_rewards"] += float(out.chosen_rewards.sum())
@@ -83,10 +96,17 @@ def train_step(policy: PreferencePolicy, optimizer: torch.optim.Optimizer,
         sums["logps_chosen"] += float(logps.chosen.detach().sum())
         sums["logps_rejected"] += float(logps.rejected.detach().sum())
         positions += policy.positions(batch)
+    # Under FSDP2 the gradients are DTensor shards: clip_grad_norm_ reduces the shard norms over
+    # the ranks, so the norm (and the clipping) is the global one, the same on every rank.
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepMetrics(**{k: v / total for k, v in sums.items()}, grad_norm=float(grad_norm),
+    # One collective for all sums (a no-op in a single process): global means on every rank.
+    reduced = all_reduce_sum({**sums, "__pairs__": float(total), "__positions__": float(positions)},
+                             ctx or DistContext())
+    total = int(reduced.pop("__pairs__"))
+    positions = int(reduced.pop("__positions__"))
+    return StepMetrics(**{k: reduced[k] / total for k in sums}, grad_norm=float(grad_norm),
                        pairs=total, positions=positions, seconds=time.perf_counter() - t0)
 
 

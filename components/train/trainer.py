@@ -12,7 +12,22 @@ replay length with it), but never kept as "best": the result is always a trained
 Resumable state (``resume.pt``, written atomically every ``checkpoint_every`` steps and at each
 evaluation): model, optimizer (Kahan compensation included), schedule, data position (epoch,
 pairs consumed), RNG states, early-stopping state and history. A run that restarts from it ends
-with the same weights as one that never stopped (tests/components/train/test_resume.py).
+with the same weights as one that never stopped (tests/components/train/test_trainer.py).
+
+Data-parallel (``ctx`` of world size > 1: torchrun, the policy's model sharded with
+``distributed.wrap_model`` before the trainer is built): every rank streams the same pairs and
+trains on its slice of each step's ``batch_size`` (``distributed.shard_examples``, the loss
+weighted by ``local_loss_weight``); ``batch_size`` must be a multiple of the world size so every
+rank runs the same number of micro-batches (each forward and backward is a collective). The
+held-out pairs are scored on every rank (the same forwards) and rank 0's metrics broadcast, so
+early stopping decides the same on every rank. Checkpoints gather the full (unsharded) weights
+and optimizer state on rank 0 (a collective), which alone writes files, logs (``on_log``) and
+mirrors (``on_checkpoint``); a resume is read by rank 0, loaded into every rank's shards, and the
+rest of the state (schedule, data position, RNG, early stopping, history) broadcast from rank 0.
+Generation metrics (served through LMGen) do not run under FSDP: a distributed trainer takes no
+``generation`` and the criterion falls back to the held-out pairs. A single process is the same
+code with every distributed call a no-op. A resume file written at one world size resumes at any
+other (the optimizer state is converted between torch's per-index and per-name layouts).
 """
 
 from __future__ import annotations
@@ -33,6 +48,15 @@ from safetensors.torch import load_file, save_file
 
 from components.common.config import TrainConfig
 from components.train.data import TrainData
+from components.train.distributed import (
+    DistContext,
+    broadcast_object,
+    full_model_state_dict,
+    full_optimizer_state_dict,
+    load_full_model_state_dict,
+    local_loss_weight,
+    shard_examples,
+)
 from components.train.heldout import pair_metrics
 from components.train.optim import make_optimizer, make_scheduler
 from components.train.reference import ReferenceLogps
@@ -109,12 +133,48 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
+# Layouts of the optimizer state in resume.pt: torch's own state_dict() (parameters by index; a
+# single process) or the full per-name state of torch.distributed.checkpoint (FSDP).
+_INDEXED, _NAMED = "indexed", "named"
+
+
+def reshard(model: torch.nn.Module) -> None:
+    """Put an FSDP root's parameters back into their shards (nothing otherwise). FSDP2 keeps the
+    root unsharded after a forward (it expects the backward to need it at once): after a no-grad
+    forward (scoring, evaluation) the model's registered parameters are the full tensors, not
+    the shards the optimizer holds, until the next backward."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        model.reshard()
+
+
+def _param_order(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The optimizer's parameters by name, in its own (index) order."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+
+
+def _indexed_to_named(state: dict[str, Any], order: list[str]) -> dict[str, Any]:
+    return {"state": {order[int(i)]: v for i, v in state["state"].items()},
+            "param_groups": [{**g, "params": [order[int(i)] for i in g["params"]]}
+                             for g in state["param_groups"]]}
+
+
+def _named_to_indexed(state: dict[str, Any], order: list[str]) -> dict[str, Any]:
+    index = {n: i for i, n in enumerate(order)}
+    return {"state": {index[n]: v for n, v in state["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]}
+                             for g in state["param_groups"]]}
+
+
 class PreferenceTrainer:
     """One training run of ``policy`` on ``data`` (see the module docstring).
 
     ``generation`` (optional) returns generation metrics of the policy's current weights;
     ``on_log(step, metrics)`` receives every step's and every evaluation's metrics;
-    ``on_checkpoint(work_dir)`` runs after each resumable checkpoint (e.g. mirrors it to S3)."""
+    ``on_checkpoint(work_dir)`` runs after each resumable checkpoint (e.g. mirrors it to S3);
+    ``ctx``: this process's place in a data-parallel run (both callbacks run on rank 0 only)."""
 
     def __init__(self, policy: PreferencePolicy, data: TrainData, reference: ReferenceLogps | None,
                  cfg: TrainConfig, *, work_dir: str | Path,
@@ -122,9 +182,12 @@ class PreferenceTrainer:
                  generation: Callable[[], dict[str, Any]] | None = None,
                  on_log: Callable[[int, dict[str, Any]], None] | None = None,
                  on_checkpoint: Callable[[Path], None] | None = None,
-                 progress: bool = True):
+                 progress: bool = True, ctx: DistContext | None = None):
         if reference is None and cfg.loss != "simpo":
             raise ValueError(f"loss {cfg.loss} needs reference log-probs")
+        self.ctx = ctx or DistContext()
+        if self.ctx.is_distributed:
+            self._check_distributed(policy, cfg, generation)
         self.policy, self.data, self.reference, self.cfg = policy, data, reference, cfg
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -133,6 +196,9 @@ class PreferenceTrainer:
         self.on_log = on_log
         self.on_checkpoint = on_checkpoint
         self.progress = progress
+        if self.ctx.is_distributed:
+            # the optimizer must hold the shards, also after a scoring pass (see reshard)
+            reshard(policy.model)
         groups = policy.param_groups()
         self.group_names = [g["name"] for g in groups]
         self.params = [p for g in groups for p in g["params"]]
@@ -149,24 +215,58 @@ class PreferenceTrainer:
         self.train_seconds = 0.0
         self.stop_reason = ""  # set once the run has ended (a resumed finished run stays finished)
 
+    def _check_distributed(self, policy: PreferencePolicy, cfg: TrainConfig,
+                           generation: Callable[[], dict[str, Any]] | None) -> None:
+        from torch.distributed.fsdp import FSDPModule
+
+        world = self.ctx.world_size
+        if cfg.batch_size % world:
+            raise ValueError(
+                f"train.batch_size={cfg.batch_size} is not a multiple of the {world} processes: "
+                f"every rank must take the same number of pairs per step, hence run the same "
+                f"number of micro-batches (each FSDP forward and backward is a collective); use "
+                f"a multiple of {world}, ideally of {world} x micro_batch_size = "
+                f"{world * cfg.micro_batch_size}")
+        if not isinstance(policy.model, FSDPModule):
+            raise ValueError("a distributed trainer needs the model sharded first "
+                             "(distributed.wrap_model), then the trainer builds the optimizer "
+                             "on the shards")
+        if generation is not None:
+            raise ValueError("generation metrics serve the model through LMGen, which does not "
+                             "run on an FSDP-sharded model: a distributed run takes "
+                             "generation=None (the criterion falls back to the held-out pairs)")
+
+    @property
+    def _talks(self) -> bool:
+        """Whether this process prints progress (rank 0 only)."""
+        return self.progress and self.ctx.is_main
+
     # ------------------------------------------------------------------ evaluation
 
     def _early_stopping(self) -> EarlyStopping:
         criterion = self.cfg.criterion
         note = ""
         if criterion == "generation" and self.generation is None:
-            criterion, note = "heldout_accuracy", "no generation metrics on this path"
+            note = ("no generation metrics in a distributed run (LMGen does not serve an "
+                    "FSDP-sharded model)" if self.ctx.is_distributed
+                    else "no generation metrics on this path")
+            criterion = "heldout_accuracy"
         if criterion.startswith("heldout") and not self.heldout:
             criterion, note = "none", "no held-out pairs"
         return EarlyStopping(criterion=criterion, fallback_note=note)
 
     def evaluate(self) -> dict[str, Any]:
         metrics: dict[str, Any] = {"step": self.step}
+        # Distributed: every rank scores all the held-out pairs (the same forwards, as FSDP's
+        # collectives require) and rank 0's figures are everyone's, so early stopping, the best
+        # checkpoint and the history agree on every rank whatever the kernels' last bits.
         metrics.update(pair_metrics(self.policy, self.heldout, self.reference, self.cfg,
                                     self.cfg.micro_batch_size, autocast_dtype=self.autocast_dtype))
+        if self.ctx.is_distributed:  # no backward follows: back to the shards (see reshard)
+            reshard(self.policy.model)
         if self.generation is not None:
             metrics.update(self.generation())
-        return metrics
+        return broadcast_object(metrics, self.ctx)
 
     def _judge(self, metrics: dict[str, Any]) -> str | None:
         """Update early stopping with an evaluation; the stop reason, or None to go on."""
@@ -203,37 +303,114 @@ class PreferenceTrainer:
     def _save_best(self, metrics: dict[str, Any]) -> None:
         if self.early.criterion == "none":
             self.early.best_step = self.step
-        tmp = self.work_dir / f".{BEST_NAME}.tmp"
-        save_file(model_state(self.policy.model), str(tmp))
-        os.replace(tmp, self.work_dir / BEST_NAME)
+        weights = self._full_weights()  # a collective: every rank, rank 0 alone gets the weights
+        if self.ctx.is_main:
+            tmp = self.work_dir / f".{BEST_NAME}.tmp"
+            save_file(weights, str(tmp))
+            os.replace(tmp, self.work_dir / BEST_NAME)
         self.best_metrics = dict(metrics)
 
     # ------------------------------------------------------------------ checkpoints
 
+    def _full_weights(self) -> dict[str, torch.Tensor]:
+        """The unsharded weights on CPU (rank 0; ``{}`` elsewhere). Collective when distributed."""
+        if not self.ctx.is_distributed:
+            return model_state(self.policy.model)
+        return {k: v.contiguous() for k, v in
+                full_model_state_dict(self.policy.model, self.ctx).items()}
+
+    def _stateful_names(self) -> set[str]:
+        names = {id(p): n for n, p in self.policy.model.named_parameters()}
+        return {names[id(p)] for p in self.optimizer.state}
+
+    def _drop_state_except(self, names: set[str]) -> None:
+        """Forget the optimizer state of parameters not in ``names``. torch.distributed.checkpoint
+        gives an optimizer without state one by a step at LR 0 (every parameter: step 1, zero
+        moments), which would change the bias correction of parameters that had no gradient
+        yet (the depformer under the text-only loss) from a single process's."""
+        for name, p in self.policy.model.named_parameters():
+            if name not in names:
+                self.optimizer.state.pop(p, None)
+
+    def _full_optimizer_state(self) -> dict[str, Any]:
+        """The optimizer's state for resume.pt: torch's state_dict() in a single process; the
+        full per-name state on rank 0 (``{}`` elsewhere), a collective, when distributed."""
+        if not self.ctx.is_distributed:
+            return self.optimizer.state_dict()
+        had = self._stateful_names()
+        state = full_optimizer_state_dict(self.policy.model, self.optimizer, self.ctx)
+        self._drop_state_except(had)
+        if self.ctx.is_main:
+            state = {**state, "state": {k: v for k, v in state["state"].items() if k in had}}
+        return state
+
+    def _load_optimizer_state(self, state: dict[str, Any], layout: str) -> None:
+        """Inverse of ``_full_optimizer_state`` (``state``: rank 0's; others pass ``{}``),
+        converting a resume.pt written at another world size."""
+        if not self.ctx.is_distributed:
+            if layout != _INDEXED:
+                state = _named_to_indexed(state, _param_order(self.policy.model, self.optimizer))
+            self.optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                             set_optimizer_state_dict)
+
+        if self.ctx.is_main and layout == _INDEXED:
+            state = _indexed_to_named(state, _param_order(self.policy.model, self.optimizer))
+        names = set(broadcast_object(list(state["state"]) if self.ctx.is_main else None,
+                                     self.ctx))
+        # distributed.load_full_optimizer_state_dict is strict: a parameter that never had a
+        # gradient (the depformer under the text-only loss) has no saved state, which is right.
+        set_optimizer_state_dict(self.policy.model, self.optimizer,
+                                 state if self.ctx.is_main else {},
+                                 options=StateDictOptions(full_state_dict=True,
+                                                          broadcast_from_rank0=True,
+                                                          strict=False))
+        self._drop_state_except(names)
+        for group in self.optimizer.param_groups:  # the broadcast turns tuples into lists
+            if isinstance(group.get("betas"), list):
+                group["betas"] = tuple(group["betas"])
+
     def save_resume(self) -> None:
+        # Both gathers are collectives (every rank); rank 0 alone writes and mirrors.
+        model = self._full_weights()
+        optimizer = self._full_optimizer_state()
+        if not self.ctx.is_main:
+            return
         state = {"step": self.step, "epoch": self.epoch, "position": self.position,
-                 "model": model_state(self.policy.model),
-                 "optimizer": self.optimizer.state_dict(),
+                 "model": model, "optimizer": optimizer,
                  "scheduler": self.scheduler.state_dict(), "rng": _rng_state(),
                  "early": asdict(self.early), "history": self.history,
                  "best_metrics": getattr(self, "best_metrics", {}), "frames": self.frames,
                  "train_seconds": self.train_seconds, "total_steps": self.total_steps,
                  "dataset_version": self.data.version, "stop_reason": self.stop_reason}
+        if self.ctx.is_distributed:
+            state["optimizer_layout"] = _NAMED
+            state["world_size"] = self.ctx.world_size
         _atomic_torch_save(state, self.work_dir / RESUME_NAME)
         if self.on_checkpoint is not None:
             self.on_checkpoint(self.work_dir)
 
     def try_resume(self) -> bool:
         path = self.work_dir / RESUME_NAME
-        if not path.is_file():
+        state: dict[str, Any] | None = None
+        if self.ctx.is_main and path.is_file():
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        # Rank 0 reads; the weights and optimizer state go to the shards below, the rest to all.
+        meta = broadcast_object(None if state is None else
+                                {k: v for k, v in state.items() if k not in ("model", "optimizer")},
+                                self.ctx)
+        if meta is None:
             return False
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("dataset_version") != self.data.version or \
-                state.get("total_steps") != self.total_steps:
-            raise ValueError(f"{path} belongs to another run (dataset {state.get('dataset_version')}, "
-                             f"{state.get('total_steps')} steps); remove it or use another work dir")
-        self.policy.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if meta.get("dataset_version") != self.data.version or \
+                meta.get("total_steps") != self.total_steps:
+            raise ValueError(f"{path} belongs to another run (dataset {meta.get('dataset_version')}, "
+                             f"{meta.get('total_steps')} steps); remove it or use another work dir")
+        load_full_model_state_dict(self.policy.model,
+                                   state["model"] if state is not None else {}, self.ctx)
+        self._load_optimizer_state(state["optimizer"] if state is not None else {},
+                                   meta.get("optimizer_layout", _INDEXED))
+        state = meta
         self.scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
@@ -242,7 +419,7 @@ class PreferenceTrainer:
         self.best_metrics = state["best_metrics"]
         self.frames, self.train_seconds = state["frames"], state["train_seconds"]
         self.stop_reason = state.get("stop_reason", "")
-        if self.progress:
+        if self._talks:
             print(f"[train] resumed at step {self.step}/{self.total_steps} (epoch {self.epoch}, "
                   f"{self.position} pairs in)", file=sys.stderr, flush=True)
         return True
@@ -260,7 +437,7 @@ class PreferenceTrainer:
             epoch, skip = epoch + 1, 0
 
     def _log(self, metrics: dict[str, Any]) -> None:
-        if self.on_log is not None:
+        if self.on_log is not None and self.ctx.is_main:
             self.on_log(self.step, metrics)
 
     def run(self, stop_after_steps: int | None = None) -> TrainOutcome:
@@ -283,17 +460,20 @@ class PreferenceTrainer:
                 self.save_resume()
                 return self._outcome(False, "paused", t0)
             pairs = []
-            for _ in range(self.cfg.batch_size):
+            for _ in range(self.cfg.batch_size):  # every rank walks the whole stream
                 pair, self.epoch, self.position = next(stream)
                 pairs.append(pair)
-            micro = [pairs[i : i + self.cfg.micro_batch_size]
-                     for i in range(0, len(pairs), self.cfg.micro_batch_size)]
+            mine = [pairs[i] for i in shard_examples(len(pairs), self.ctx)]  # all of them: 1 rank
+            micro = [mine[i : i + self.cfg.micro_batch_size]
+                     for i in range(0, len(mine), self.cfg.micro_batch_size)]
             batches = [self.policy.collate(m) for m in micro]
             refs = ([self.reference.batch(b.pair_ids) for b in batches]
                     if self.reference is not None else None)
             lrs = {f"lr_{n}": g["lr"] for n, g in zip(self.group_names, self.optimizer.param_groups)}
             out = train_step(self.policy, self.optimizer, batches, refs, self.cfg,
-                             autocast_dtype=self.autocast_dtype, params=self.params)
+                             autocast_dtype=self.autocast_dtype, params=self.params,
+                             ctx=self.ctx,
+                             loss_weight=local_loss_weight(len(mine), len(pairs), self.ctx))
             self.scheduler.step()
             self.step += 1
             run_steps += 1
@@ -302,7 +482,7 @@ class PreferenceTrainer:
             metrics = {**out.to_dict(), **lrs, "epoch": self.epoch,
                        "frames_per_s": out.positions / out.seconds if out.seconds else None}
             self._log({f"train/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-            if self.progress:
+            if self._talks:
                 print(f"[train] step {self.step}/{self.total_steps} loss {out.loss:.4f} "
                       f"acc {out.accuracy:.2f} margin {out.margins:.4f} grad {out.grad_norm:.3g} "
                       f"({out.seconds:.2f}s)", file=sys.stderr, flush=True)
@@ -326,9 +506,11 @@ class PreferenceTrainer:
 
     def _outcome(self, completed: bool, reason: str, t0: float) -> TrainOutcome:
         best = self.work_dir / BEST_NAME
-        if completed and best.is_file():
+        if completed and broadcast_object(best.is_file() if self.ctx.is_main else None, self.ctx):
             # keep the best checkpoint: the weights of the best evaluation, not the last step's
-            self.policy.model.load_state_dict(load_file(str(best)))
+            # (read by rank 0, loaded into every rank's shards)
+            load_full_model_state_dict(self.policy.model,
+                                       load_file(str(best)) if self.ctx.is_main else {}, self.ctx)
         return TrainOutcome(
             completed=completed, steps=self.step, total_steps=self.total_steps,
             stopped_at_step=self.step, stop_reason=reason, best_step=self.early.best_step,
