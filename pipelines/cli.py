@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -125,7 +126,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingPaused as exc:
         print(f"duplexalign train: {exc}", file=sys.stderr)
         return 3
-    print(json.dumps(result.to_dict(), default=str))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun: one result line, from rank 0
+        print(json.dumps(result.to_dict(), default=str))
     return 0
 
 

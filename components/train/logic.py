@@ -185,7 +185,8 @@ def _train(cfg: Config, ctx: "DistContext", device: torch.device, tokenize_manif
     from components.train.data import NotEnoughPairs, load_train_data
     from components.train.distributed import barrier, broadcast_object, wrap_model
     from components.train.moshi_policy import MoshiTextPolicy
-    from components.train.tracking import TrainTracker, flatten
+    from components.common.config import flatten
+    from components.train.tracking import TrainTracker
     from components.train.trainer import PreferenceTrainer
 
     t0 = time.monotonic()
@@ -374,7 +375,8 @@ def _reference(store: ObjectStore, policy: Any, data: Any, ctx: "DistContext", *
 
     tc = policy.cfg
     if not ctx.is_distributed:
-        return reference_logps(store, policy, data.all_pairs(), dataset_version=dataset_version,
+        return reference_logps(store, policy, data.reference_groups(),
+                               dataset_version=dataset_version,
                                reference_sha256=reference_sha256, scoring=scoring,
                                batch_size=tc.micro_batch_size, autocast_dtype=autocast,
                                use_cache=tc.reference_cache, progress=progress)

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from components.common.config import Config, flatten  # noqa: F401  (re-exported)
+from components.common.config import Config
 
 METRIC_FLUSH = 25  # buffered metrics go out in batches (one HTTP call per batch)
 
