@@ -92,7 +92,7 @@ def causal_attention(limit: int) -> Iterator[None]:
                 return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
             return F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p=dropout_p, **kw)
 
-    T.F = _Shim()
+    T.F = _Shim()  # type: ignore[assignment]  # moshi reads F.scaled_dot_product_attention
     try:
         yield
     finally:

@@ -119,7 +119,7 @@ def check_7b(device: str, frames: int, iters: int) -> dict[str, Any]:
     from moshi.models.lm import LMModel
 
     tc = load_config("production").train
-    kw = dict(loaders._lm_kwargs)
+    kw: dict[str, Any] = dict(loaders._lm_kwargs)
     kw["context"] = 3000
     with torch.device(device):
         lm = LMModel(device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32,

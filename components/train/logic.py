@@ -371,7 +371,7 @@ def _reference(store: ObjectStore, policy: Any, data: Any, ctx: "DistContext", *
     from components.train.distributed import broadcast_object, shard_examples
     from components.train.reference import ReferenceLogps, reference_key, reference_logps
     from components.train.step import score
-    from components.train.trainer import reshard
+    from components.train.checkpointing import reshard
 
     tc = policy.cfg
     if not ctx.is_distributed:
@@ -530,8 +530,10 @@ def _register_once(cfg: Config, checkpoint_dir: Path, run_id: str, key: str,
 
     client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
     name = cfg.model.registered_name
+    found: list[Any]
     try:
-        found = client.search_model_versions(f"name = '{name}' and tags.train_run_key = '{key}'")
+        found = list(client.search_model_versions(
+            f"name = '{name}' and tags.train_run_key = '{key}'"))
     except Exception:  # noqa: BLE001  (no such model yet)
         found = []
     if found:

@@ -62,7 +62,8 @@ class ReferenceLogps:
     def from_bytes(cls, data: bytes, key: str) -> "ReferenceLogps":
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             ids, arr = z["pair_ids"], z["logps"]
-            values = {str(i): tuple(float(x) for x in row) for i, row in zip(ids, arr)}
+            values = {str(i): (float(row[0]), float(row[1]), float(row[2]), float(row[3]))
+                      for i, row in zip(ids, arr)}
         return cls(values=values, key=key, cached=True, seconds=0.0)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -54,7 +55,7 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None) -> Any:
 
 
 def train_step(policy: PreferencePolicy, optimizer: torch.optim.Optimizer,
-               micro_batches: list[PairBatch], reference: list[SequenceLogps] | None,
+               micro_batches: Sequence[PairBatch], reference: Sequence[SequenceLogps] | None,
                cfg: TrainConfig, *, autocast_dtype: torch.dtype | None = None,
                params: list[torch.nn.Parameter] | None = None,
                ctx: DistContext | None = None, loss_weight: float = 1.0) -> StepMetrics:

@@ -47,12 +47,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from components.common.config import TrainConfig
+from components.train.checkpointing import (
+    INDEXED,
+    atomic_torch_save,
+    full_optimizer_state,
+    full_weights,
+    load_optimizer_state,
+    reshard,
+)
 from components.train.data import TrainData
 from components.train.distributed import (
     DistContext,
     broadcast_object,
-    full_model_state_dict,
-    full_optimizer_state_dict,
     load_full_model_state_dict,
     local_loss_weight,
     shard_examples,
@@ -121,51 +127,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-
-
-# Layouts of the optimizer state in resume.pt: torch's own state_dict() (parameters by index; a
-# single process) or the full per-name state of torch.distributed.checkpoint (FSDP).
-_INDEXED, _NAMED = "indexed", "named"
-
-
-def reshard(model: torch.nn.Module) -> None:
-    """Put an FSDP root's parameters back into their shards (nothing otherwise). FSDP2 keeps the
-    root unsharded after a forward (it expects the backward to need it at once): after a no-grad
-    forward (scoring, evaluation) the model's registered parameters are the full tensors, not
-    the shards the optimizer holds, until the next backward."""
-    from torch.distributed.fsdp import FSDPModule
-
-    if isinstance(model, FSDPModule):
-        model.reshard()
-
-
-def _param_order(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
-    """The optimizer's parameters by name, in its own (index) order."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
-
-
-def _indexed_to_named(state: dict[str, Any], order: list[str]) -> dict[str, Any]:
-    return {"state": {order[int(i)]: v for i, v in state["state"].items()},
-            "param_groups": [{**g, "params": [order[int(i)] for i in g["params"]]}
-                             for g in state["param_groups"]]}
-
-
-def _named_to_indexed(state: dict[str, Any], order: list[str]) -> dict[str, Any]:
-    index = {n: i for i, n in enumerate(order)}
-    return {"state": {index[n]: v for n, v in state["state"].items()},
-            "param_groups": [{**g, "params": [index[n] for n in g["params"]]}
-                             for g in state["param_groups"]]}
 
 
 class PreferenceTrainer:
@@ -244,7 +205,7 @@ class PreferenceTrainer:
     # ------------------------------------------------------------------ evaluation
 
     def _early_stopping(self) -> EarlyStopping:
-        criterion = self.cfg.criterion
+        criterion: str = self.cfg.criterion
         note = ""
         if criterion == "generation" and self.generation is None:
             note = ("no generation metrics in a distributed run (LMGen does not serve an "
@@ -303,7 +264,8 @@ class PreferenceTrainer:
     def _save_best(self, metrics: dict[str, Any]) -> None:
         if self.early.criterion == "none":
             self.early.best_step = self.step
-        weights = self._full_weights()  # a collective: every rank, rank 0 alone gets the weights
+        # a collective: every rank, rank 0 alone gets the weights
+        weights = full_weights(self.policy.model, self.ctx)
         if self.ctx.is_main:
             tmp = self.work_dir / f".{BEST_NAME}.tmp"
             save_file(weights, str(tmp))
@@ -312,69 +274,10 @@ class PreferenceTrainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _full_weights(self) -> dict[str, torch.Tensor]:
-        """The unsharded weights on CPU (rank 0; ``{}`` elsewhere). Collective when distributed."""
-        if not self.ctx.is_distributed:
-            return model_state(self.policy.model)
-        return {k: v.contiguous() for k, v in
-                full_model_state_dict(self.policy.model, self.ctx).items()}
-
-    def _stateful_names(self) -> set[str]:
-        names = {id(p): n for n, p in self.policy.model.named_parameters()}
-        return {names[id(p)] for p in self.optimizer.state}
-
-    def _drop_state_except(self, names: set[str]) -> None:
-        """Forget the optimizer state of parameters not in ``names``. torch.distributed.checkpoint
-        gives an optimizer without state one by a step at LR 0 (every parameter: step 1, zero
-        moments), which would change the bias correction of parameters that had no gradient
-        yet (the depformer under the text-only loss) from a single process's."""
-        for name, p in self.policy.model.named_parameters():
-            if name not in names:
-                self.optimizer.state.pop(p, None)
-
-    def _full_optimizer_state(self) -> dict[str, Any]:
-        """The optimizer's state for resume.pt: torch's state_dict() in a single process; the
-        full per-name state on rank 0 (``{}`` elsewhere), a collective, when distributed."""
-        if not self.ctx.is_distributed:
-            return self.optimizer.state_dict()
-        had = self._stateful_names()
-        state = full_optimizer_state_dict(self.policy.model, self.optimizer, self.ctx)
-        self._drop_state_except(had)
-        if self.ctx.is_main:
-            state = {**state, "state": {k: v for k, v in state["state"].items() if k in had}}
-        return state
-
-    def _load_optimizer_state(self, state: dict[str, Any], layout: str) -> None:
-        """Inverse of ``_full_optimizer_state`` (``state``: rank 0's; others pass ``{}``),
-        converting a resume.pt written at another world size."""
-        if not self.ctx.is_distributed:
-            if layout != _INDEXED:
-                state = _named_to_indexed(state, _param_order(self.policy.model, self.optimizer))
-            self.optimizer.load_state_dict(state)
-            return
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions,
-                                                             set_optimizer_state_dict)
-
-        if self.ctx.is_main and layout == _INDEXED:
-            state = _indexed_to_named(state, _param_order(self.policy.model, self.optimizer))
-        names = set(broadcast_object(list(state["state"]) if self.ctx.is_main else None,
-                                     self.ctx))
-        # distributed.load_full_optimizer_state_dict is strict: a parameter that never had a
-        # gradient (the depformer under the text-only loss) has no saved state, which is right.
-        set_optimizer_state_dict(self.policy.model, self.optimizer,
-                                 state if self.ctx.is_main else {},
-                                 options=StateDictOptions(full_state_dict=True,
-                                                          broadcast_from_rank0=True,
-                                                          strict=False))
-        self._drop_state_except(names)
-        for group in self.optimizer.param_groups:  # the broadcast turns tuples into lists
-            if isinstance(group.get("betas"), list):
-                group["betas"] = tuple(group["betas"])
-
     def save_resume(self) -> None:
         # Both gathers are collectives (every rank); rank 0 alone writes and mirrors.
-        model = self._full_weights()
-        optimizer = self._full_optimizer_state()
+        model = full_weights(self.policy.model, self.ctx)
+        optimizer, layout = full_optimizer_state(self.policy.model, self.optimizer, self.ctx)
         if not self.ctx.is_main:
             return
         state = {"step": self.step, "epoch": self.epoch, "position": self.position,
@@ -385,9 +288,9 @@ class PreferenceTrainer:
                  "train_seconds": self.train_seconds, "total_steps": self.total_steps,
                  "dataset_version": self.data.version, "stop_reason": self.stop_reason}
         if self.ctx.is_distributed:
-            state["optimizer_layout"] = _NAMED
+            state["optimizer_layout"] = layout
             state["world_size"] = self.ctx.world_size
-        _atomic_torch_save(state, self.work_dir / RESUME_NAME)
+        atomic_torch_save(state, self.work_dir / RESUME_NAME)
         if self.on_checkpoint is not None:
             self.on_checkpoint(self.work_dir)
 
@@ -408,8 +311,9 @@ class PreferenceTrainer:
                              f"{meta.get('total_steps')} steps); remove it or use another work dir")
         load_full_model_state_dict(self.policy.model,
                                    state["model"] if state is not None else {}, self.ctx)
-        self._load_optimizer_state(state["optimizer"] if state is not None else {},
-                                   meta.get("optimizer_layout", _INDEXED))
+        load_optimizer_state(self.policy.model, self.optimizer,
+                             state["optimizer"] if state is not None else {},
+                             meta.get("optimizer_layout", INDEXED), self.ctx)
         state = meta
         self.scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])

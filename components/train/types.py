@@ -69,7 +69,10 @@ class SequenceLogps:
 class PreferencePolicy(Protocol):
     """What the trainer needs from a model family."""
 
-    model: torch.nn.Module
+    @property
+    def model(self) -> torch.nn.Module:
+        """The trainable model (read-only here: an adapter may narrow its type)."""
+        ...
 
     def collate(self, examples: Sequence[Any]) -> PairBatch:
         """Pad and stack examples (pair tensors, token-id pairs) into one batch."""
