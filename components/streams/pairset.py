@@ -235,9 +235,14 @@ class PairDataset:
         return sum(len(self._pair_ids(i)) for i in self.shard_indices)
 
     def _pair_ids(self, index: int) -> Any:
+        return self.labels(index)[0]
+
+    def labels(self, index: int) -> tuple[Any, Any]:
+        """The pair ids and types of shard ``index`` (an index into the manifest's shards),
+        without decompressing its tensors (npz entries are read lazily)."""
         data = self.store.get_bytes(self.manifest.shards[index])
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            return z["pair_ids"]
+            return z["pair_ids"], z["types"]
 
     def shard(self, index: int) -> list[PairTensors]:
         """The pairs of shard ``index`` (an index into the manifest's shards)."""

@@ -117,17 +117,18 @@ def load_train_data(store: ObjectStore, version: str, *, model_version: str | No
     types: dict[str, str] = {}
     dropped = 0
     for index in range(len(dataset.manifest.shards)):
-        # one pass over the shards (one in memory at a time): ids and types decide, tensors go
-        for pair in dataset.shard(index):
-            if on_policy and versions.get(pair.pair_id) != model_version:
+        # ids and types decide: the shards' tensors are not decompressed here
+        ids, kinds = dataset.labels(index)
+        for pair_id, pair_type in zip(ids.tolist(), kinds.tolist()):
+            if on_policy and versions.get(pair_id) != model_version:
                 dropped += 1
                 continue
-            types[pair.pair_id] = pair.type
-            if len(heldout_ids) < max_heldout and is_heldout(pair.pair_id, heldout_fraction, seed):
-                heldout_ids.append(pair.pair_id)
+            types[pair_id] = pair_type
+            if len(heldout_ids) < max_heldout and is_heldout(pair_id, heldout_fraction, seed):
+                heldout_ids.append(pair_id)
             else:
-                train_ids.append(pair.pair_id)
-                by_type[pair.type] = by_type.get(pair.type, 0) + 1
+                train_ids.append(pair_id)
+                by_type[pair_type] = by_type.get(pair_type, 0) + 1
     if heldout_fraction > 0 and not heldout_ids and len(train_ids) >= 2:
         # a small dataset can draw no held-out pair at all: hold out the one whose hash is
         # lowest (still stable), so held-out accuracy is always measured

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from components.common.config import Config
+from components.common.config import Config, flatten
 from components.common.stagekit import ManifestWriter, load_manifest
 from components.common.storage import ObjectStore
 from components.contract import Keys, canonical_json
@@ -185,7 +185,6 @@ def _train(cfg: Config, ctx: "DistContext", device: torch.device, tokenize_manif
     from components.train.data import NotEnoughPairs, load_train_data
     from components.train.distributed import barrier, broadcast_object, wrap_model
     from components.train.moshi_policy import MoshiTextPolicy
-    from components.common.config import flatten
     from components.train.tracking import TrainTracker
     from components.train.trainer import PreferenceTrainer
 

@@ -67,16 +67,14 @@ class ReferenceLogps:
         return cls(values=values, key=key, cached=True, seconds=0.0)
 
 
-def compute_reference(policy: PreferencePolicy, pairs: Iterable[Any] | Sequence[Iterable[Any]],
-                      batch_size: int, *, autocast_dtype: torch.dtype | None = None,
-                      progress: bool = True) -> dict[str, tuple[float, float, float, float]]:
-    """Score every pair once, without gradient, in batches of ``batch_size``.
-
-    ``pairs`` may be a list of groups, each batched on its own: the held-out pairs form their
-    own group, batched exactly as the held-out evaluation batches them, so at step 0 (policy =
-    reference) their rewards are exactly 0 rather than the float noise of another padding."""
-    groups = pairs if isinstance(pairs, list) and pairs and not hasattr(pairs[0], "pair_id") \
-        else [pairs]
+def compute_reference(policy: PreferencePolicy, groups: Sequence[Iterable[Any]], batch_size: int,
+                      *, autocast_dtype: torch.dtype | None = None, progress: bool = True
+                      ) -> dict[str, tuple[float, float, float, float]]:
+    """Score every pair once, without gradient, in batches of ``batch_size``, each group of
+    ``groups`` batched on its own: the held-out pairs form their own group
+    (``TrainData.reference_groups``), batched exactly as the held-out evaluation batches them, so
+    at step 0 (policy = reference) their rewards are exactly 0 rather than the float noise of
+    another padding."""
     values: dict[str, tuple[float, float, float, float]] = {}
     batch: list[Any] = []
     t0 = time.monotonic()
@@ -103,7 +101,7 @@ def compute_reference(policy: PreferencePolicy, pairs: Iterable[Any] | Sequence[
 
 
 def reference_logps(store: ObjectStore | None, policy: PreferencePolicy,
-                    pairs: Iterable[Any] | Sequence[Iterable[Any]], *,
+                    groups: Sequence[Iterable[Any]], *,
                     dataset_version: str, reference_sha256: str, scoring: dict[str, Any],
                     batch_size: int, autocast_dtype: torch.dtype | None = None,
                     use_cache: bool = True, progress: bool = True) -> ReferenceLogps:
@@ -117,7 +115,7 @@ def reference_logps(store: ObjectStore | None, policy: PreferencePolicy,
                   file=sys.stderr, flush=True)
         return ref
     t0 = time.monotonic()
-    values = compute_reference(policy, pairs, batch_size, autocast_dtype=autocast_dtype,
+    values = compute_reference(policy, groups, batch_size, autocast_dtype=autocast_dtype,
                                progress=progress)
     ref = ReferenceLogps(values=values, key=key, cached=False, seconds=time.monotonic() - t0)
     if store is not None and use_cache:

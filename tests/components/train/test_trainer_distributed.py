@@ -166,7 +166,7 @@ def test_two_processes_train_like_one(store, services_config, tmp_path) -> None:
     reference = reference_logps(store, MoshiTextPolicy(build_lm(lm_kwargs("tiny", Layout(4),
                                                                           context=64), seed=0),
                                                        tcfg),
-                                data.all_pairs(), dataset_version=version,
+                                [data.all_pairs()], dataset_version=version,
                                 reference_sha256="init-seed-0", scoring={"t": 1}, batch_size=4,
                                 progress=False)
     # one process pauses a run, for two processes to resume
