@@ -21,11 +21,13 @@ $(VENV)/.synced: pyproject.toml uv.lock
 
 setup: $(VENV)/.synced  ## create .venv from uv.lock (torch 2.13 CPU, no CUDA, no triton)
 
-system-deps:  ## Debian packages the tests use (PostgreSQL for the consent registry, espeak-ng the fallback TTS)
+system-deps:  ## Debian packages the tests use (PostgreSQL: consent registry, espeak-ng: fallback TTS, Redis: Feast online store)
 	@command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 	@command -v espeak-ng >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; }
+	@command -v redis-server >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
 demo: setup  ## the whole pipeline on the embedded default, ends with one JSON line
 	$(VENV)/bin/duplexalign demo

@@ -25,6 +25,9 @@ Bucket layout (data bucket)::
     conversations/<conversation_id>/metadata.json   scrubbed metadata (pseudonymous user id)
     conversations/<conversation_id>/model_tokens.npz the model's tokens after scrub (PII frames -1)
     ledger/privacy/<conversation_id>/<run>.json     privacy ledger entries (PrivacyLedgerEntry)
+    ledger/erasure/<request_id>.json                an erasure request: found, removed, lineage, re-scan
+    ledger/erasure/<request_id>.html                the same as a page (components/erase)
+    ledger/retention/<run>.json                     a retention run: what expired and was deleted
     judgements/<conversation_id>/<judge_key>.json   the judge's verdict on a conversation (ConversationJudgement)
     cache/judge/<sha256>.json                       judge responses by content hash (a rerun pays nothing twice)
     pairs/<pair_id>/user.wav                        resynthesised user side (TTS, no user's voice), 24 kHz
@@ -34,6 +37,8 @@ Bucket layout (data bucket)::
     pairs/<pair_id>/tensors-<settings>.npz          the pair's token tensors (tokenize; one-pair shard layout)
     datasets/pairs/<version>/manifest.json          a pair-tensor dataset version (PairDatasetManifest)
     datasets/pairs/shards/<sha256>.npz              its tensors, PAIRS_PER_SHARD pairs per shard
+    features/<view>/<sha256>.parquet                Feast offline rows of a feature view (conversation_stats,
+                                                    user_consent, pair_features), content-addressed parts
     reports/<stage>/<manifest_id>/...               reports (rejects, summaries, HTML)
     mlflow-artifacts/...                            the MLflow server's artifact store
 
@@ -83,6 +88,7 @@ class Keys:
 
     RAW = "raw/"
     KB = "kb/"
+    FEATURES = "features/"
 
     @staticmethod
     def raw_prefix(batch: str, conversation_id: str) -> str:
@@ -129,6 +135,14 @@ class Keys:
         return f"ledger/privacy/{conversation_id}/{run}.json"
 
     @staticmethod
+    def erasure_ledger(request_id: str, suffix: str = "json") -> str:
+        return f"ledger/erasure/{request_id}.{suffix}"
+
+    @staticmethod
+    def retention_ledger(run: str) -> str:
+        return f"ledger/retention/{run}.json"
+
+    @staticmethod
     def report(stage: str, manifest_id: str, name: str) -> str:
         return f"reports/{stage}/{manifest_id}/{name}"
 
@@ -158,6 +172,17 @@ class Keys:
     def pair_dataset_shard(digest: str) -> str:
         """Content-addressed (sha256 of the shard's bytes): identical tensors are stored once."""
         return f"datasets/pairs/shards/{digest}.npz"
+
+    @staticmethod
+    def feature_prefix(view: str) -> str:
+        """Where a Feast feature view's offline rows live (its FileSource reads the folder)."""
+        return f"{Keys.FEATURES}{view}/"
+
+    @staticmethod
+    def feature_part(view: str, digest: str) -> str:
+        """One parquet part of a view, addressed by the sha256 of its rows (without their
+        ``created`` time): writing the same rows twice writes nothing new."""
+        return f"{Keys.FEATURES}{view}/{digest}.parquet"
 
     @staticmethod
     def groundtruth(conversation_id: str) -> str:

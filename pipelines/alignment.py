@@ -2,12 +2,17 @@
 
 Stages pass manifest ids only (short strings): no audio, text or PII ever lands in KFP's pipeline
 root or metadata store (the pairs report, an HTML artefact, carries only redacted text and the
-synthetic user voice). Caching is off for every task here: ingest and scrub read and delete
-mutable state, transcribe's output is only valid while its quarantine objects exist, and the
-later stages keep their own per-item markers and content-hash caches (a rerun repays nothing),
-which, unlike KFP's cache, honour erasure. The train task resumes its own run from its last
-checkpoint and returns a finished run's result on a rerun. Later issues add validate, evaluate,
-deploy.
+synthetic user voice). Caching is off for every task here: retention, ingest and scrub read and delete
+mutable state, transcribe's output is only valid while its quarantine objects exist, the feature
+store and the consent registry change between runs, and the later stages keep their own per-item
+markers and content-hash caches (a rerun repays nothing), which, unlike KFP's cache, honour
+erasure. The train task resumes its own run from its last checkpoint and returns a finished run's
+result on a rerun. Later issues add evaluate and deploy.
+
+Nothing reaches the trainer that the data quality gate did not pass: validate fails its task on a
+critical expectation (its HTML report written first), so features, mix and train never start. The
+trainer sees the training mix: the pairs the mix builder chose from Feast features (point in time)
+and the consent registry's current state.
 
 The train task carries the GPU node pool's settings (accelerator, node selector, tolerations)
 of the profile named by DUPLEXALIGN_COMPILE_PROFILE (default production) at compile time.
@@ -19,24 +24,29 @@ from kfp import dsl
 
 from components.common.config import load_config
 
+from components.features.component import features_op
 from components.ingest.component import ingest_op
 from components.judge.component import judge_op
+from components.mix.component import mix_op
 from components.pairs.component import pairs_op
 from components.report.component import pairs_report_op
 from components.resynthesize.component import resynthesize_op
+from components.retention.component import retention_op
 from components.scrub.component import scrub_op
 from components.tokenize.component import tokenize_op
 from components.train.component import request_gpu, train_op
 from components.transcribe.component import transcribe_op, transcript_wer_op
+from components.validate.component import validate_op
 
 PIPELINE_NAME = "duplexalign-alignment"
 
 
 @dsl.pipeline(
     name=PIPELINE_NAME,
-    description="Logged full-duplex conversations → ingest → transcribe → scrub (privacy) → "
-                "judge → preference pairs → resynthesize → pair tensors → report → DPO-LN "
-                "training (challenger)",
+    description="Logged full-duplex conversations → retention → ingest → transcribe → scrub "
+                "(privacy) → judge → preference pairs → resynthesize → pair tensors → report → "
+                "data quality gate → features (Feast) → training mix → DPO-LN training "
+                "(challenger)",
 )
 def alignment_pipeline(
     input_manifest_id: str,
@@ -48,9 +58,13 @@ def alignment_pipeline(
     bench or production; overrides: JSON object of dotted config keys; groundtruth_bucket: only
     for the embedded world's audits (empty in production). Returns the train manifest id (its
     stats: the MLflow run, the registered challenger version, where and why training stopped;
-    its input is the tokenize manifest, whose stats name the pairs dataset version)."""
+    its input is the training mix, whose chain leads back through features and validate to the
+    tokenize manifest that names the pairs dataset version)."""
+    retention = retention_op(profile=profile, overrides=overrides)
+    retention.set_display_name("retention (expired data deleted)")
     ingest = ingest_op(input_manifest_id=input_manifest_id, profile=profile, overrides=overrides)
     ingest.set_display_name("ingest")
+    ingest.after(retention)
     transcribe = transcribe_op(ingest_manifest_id=ingest.output, profile=profile, overrides=overrides)
     transcribe.set_display_name("transcribe")
     audit = transcript_wer_op(transcribe_manifest_id=transcribe.output,
@@ -72,12 +86,20 @@ def alignment_pipeline(
     report = pairs_report_op(tokenize_manifest_id=tokens.output, profile=profile,
                              overrides=overrides)
     report.set_display_name("pairs report")
-    trained = train_op(tokenize_manifest_id=tokens.output, profile=profile, overrides=overrides,
+    gate = validate_op(tokenize_manifest_id=tokens.output, profile=profile, overrides=overrides)
+    gate.set_display_name("validate (data quality gate)")
+    features = features_op(validate_manifest_id=gate.outputs["Output"], profile=profile,
+                           overrides=overrides)
+    features.set_display_name("features (Feast apply, materialize)")
+    mix = mix_op(features_manifest_id=features.output, profile=profile, overrides=overrides)
+    mix.set_display_name("training mix")
+    trained = train_op(mix_manifest_id=mix.output, profile=profile, overrides=overrides,
                        pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
     trained.set_display_name("train (DPO-LN → challenger)")
     trained.after(report)
     request_gpu(trained, load_config(os.environ.get("DUPLEXALIGN_COMPILE_PROFILE",
                                                     "production")).gpu_pool)
-    for task in (ingest, transcribe, audit, scrub, judge, pairs, resynth, tokens, report, trained):
+    for task in (retention, ingest, transcribe, audit, scrub, judge, pairs, resynth, tokens, report,
+                 gate, features, mix, trained):
         task.set_caching_options(False)
     return trained.outputs["Output"]

@@ -29,9 +29,11 @@ examples:
   duplexalign simulate --conversations 20   log 20 SCRIPTED conversations (calibration set)
   duplexalign evaluate-model champion       QA, refusal, over-refusal, interruption, silence
   duplexalign model export champion out/    Kyutai's checkpoint format (moshi's loaders read it)
-  duplexalign train --latest                DPO-LN on the last pipeline run's pairs dataset:
+  duplexalign train --latest                DPO-LN on the last pipeline run's training mix:
                                             early stopping, MLflow run, `challenger` registered
   duplexalign --set train.loss=simpo train --dataset pairs-...   one switch, four losses
+  duplexalign features materialize          Feast: the newest feature rows into the online store
+  duplexalign mix --latest                  the training mix from point-in-time features
   duplexalign --profile production trainjob --dataset pairs-... --nodes 2 --gpus-per-node 8
                                             a Kubeflow TrainJob (or --kind PyTorchJob) to apply
   duplexalign run --input-manifest raw-...  run the pipeline (KFP local runner) on a sealed batch
@@ -44,6 +46,11 @@ examples:
   duplexalign bench train [--quick]         trainer step vs TRL DPOTrainer tokens/s, Moshi
                                             text vs joint frames/s, reference cache, MFU
   duplexalign judge serve --port 8765       OpenAI-compatible server in front of the local judge
+  duplexalign validate --latest             the data quality gate on the newest tokenize run:
+                                            GX report; exit 1 naming failed critical checks
+  duplexalign erase --user ID --dry-run     what forgetting a user would remove and rewrite
+  duplexalign erase --user ID               forget them everywhere; ledger + re-scan as proof
+  duplexalign retention                     expire objects per retention.days (ledger entry)
   duplexalign --set transcribe.model_source=s3://models/whisper-small run --latest
 """
 
@@ -112,16 +119,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from components.train.logic import TrainingPaused, train
 
     cfg = _config(args)
-    tokenize_id = args.tokenize_manifest
+    input_id = args.mix or args.tokenize_manifest
     if args.latest:
         from pipelines.lineage import latest_manifest
 
-        tokenize_id = latest_manifest(cfg, "tokenize")
-    if not tokenize_id and not args.dataset:
-        raise SystemExit("duplexalign train: give --tokenize-manifest ID, --dataset VERSION or "
-                         "--latest")
+        input_id = latest_manifest(cfg, "mix")
+    if not input_id and not args.dataset:
+        raise SystemExit("duplexalign train: give --mix ID, --tokenize-manifest ID, --dataset "
+                         "VERSION or --latest")
     try:
-        result = train(cfg, tokenize_id, dataset_version=args.dataset,
+        result = train(cfg, input_id, dataset_version=args.dataset,
                        stop_after_steps=args.stop_after_steps)
     except TrainingPaused as exc:
         print(f"duplexalign train: {exc}", file=sys.stderr)
@@ -201,6 +208,103 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args.base_config, args.which, args)
 
 
+def _iso(value: str | None):
+    """An ISO time from the command line ("2026-11-01T10:00Z"; naive = UTC), or None."""
+    from datetime import datetime, timezone
+
+    if not value:
+        return None
+    at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from components.validate.logic import validate_dataset
+
+    cfg = _config(args)
+    input_id = args.tokenize_manifest
+    if args.latest or not input_id:
+        from pipelines.lineage import latest_manifest
+
+        input_id = latest_manifest(cfg, "tokenize")
+    outcome = validate_dataset(cfg, input_id)
+    print(json.dumps(outcome.to_dict(), default=str))
+    if outcome.stopped:  # report and manifest are written; the gate stops what follows
+        print("duplexalign validate: the data quality gate STOPPED: critical expectations "
+              f"failed: {', '.join(outcome.critical_failed)} (report: {outcome.report_key})",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from components.common.featurestore import store as feature_store
+
+    cfg = _config(args)
+    if args.action == "apply":
+        result = feature_store.apply_repo(cfg)
+    elif args.action == "materialize":
+        feature_store.apply_repo(cfg)
+        until = feature_store.materialize(cfg, end=_iso(args.end))
+        result = {"materialized_until": until.isoformat(),
+                  "views": feature_store.views_with_rows(cfg),
+                  "online_store": cfg.features.online_store}
+    else:  # build: the pipeline's features stage
+        from components.features.logic import build_features
+
+        input_id = args.validate_manifest
+        if args.latest or not input_id:
+            from pipelines.lineage import latest_manifest
+
+            input_id = latest_manifest(cfg, "validate")
+        manifest = build_features(cfg, input_id)
+        result = {"manifest_id": manifest.manifest_id, **manifest.stats}
+    print(json.dumps(result, default=str))
+    return 0
+
+
+def cmd_mix(args: argparse.Namespace) -> int:
+    from components.mix.logic import build_mix
+
+    cfg = _config(args)
+    input_id = args.features_manifest
+    if args.latest or not input_id:
+        from pipelines.lineage import latest_manifest
+
+        input_id = latest_manifest(cfg, "features")
+    manifest = build_mix(cfg, input_id, as_of=_iso(args.as_of), model_version=args.model_version)
+    print(json.dumps({"manifest_id": manifest.manifest_id, **manifest.stats}, default=str))
+    return 0
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    from components.erase.logic import erase_user
+
+    cfg = _config(args)
+    if not args.user and not args.pseudonym:
+        raise SystemExit("duplexalign erase: give --user ID or --pseudonym P")
+    try:
+        report = erase_user(cfg, user_id=args.user, pseudonym=args.pseudonym,
+                            dry_run=args.dry_run, request_id=args.request_id)
+    except (ValueError, RuntimeError) as exc:
+        raise SystemExit(f"duplexalign erase: {exc}") from None
+    print(json.dumps(report.to_dict() if args.full else report.summary(), default=str))
+    # a re-scan that still finds the user is a failure the operator must see
+    return 0 if args.dry_run or report.clean else 1
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from components.retention.logic import enforce_retention
+
+    cfg = _config(args)
+    now = datetime.fromisoformat(args.now) if args.now else None
+    report = enforce_retention(cfg, now=now, dry_run=args.dry_run)
+    print(json.dumps(report.to_dict() if args.full else report.summary(), default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="duplexalign",
@@ -252,11 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
             "dpo, simpo, apo_zero) with early stopping; registers the best checkpoint as "
             "`challenger`. Reruns return a finished run; an interrupted run resumes")
     src = p.add_mutually_exclusive_group()
+    src.add_argument("--mix", default=None,
+                     help="a training-mix manifest id (mix-...): the pairs the mix builder chose")
     src.add_argument("--tokenize-manifest", default=None,
-                     help="a tokenize manifest id (its stats name the pairs dataset)")
+                     help="a tokenize manifest id: every pair of the dataset its stats name")
     src.add_argument("--dataset", default=None, help="a pairs dataset version (pairs-...)")
     src.add_argument("--latest", action="store_true",
-                     help="the newest tokenize manifest in the bucket")
+                     help="the newest training mix in the bucket (what the pipeline trains on)")
     p.add_argument("--stop-after-steps", type=int, default=None,
                    help="pause after this many steps with a resumable checkpoint (exit code 3)")
 
@@ -303,6 +409,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--require-key", action="store_true",
                    help="serve: answer only requests bearing the API key named by "
                         "judge.api_key_env / judge.api_key_file")
+
+    p = add("validate", cmd_validate,
+            "the data quality gate (Great Expectations) on a tokenize manifest's chain: "
+            "transcripts, judgements, pairs and pair tensors; writes the report "
+            "(reports/validate/<id>/validation.html) and the validate manifest, logs to MLflow; "
+            "exits 1 naming the critical expectations that failed")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--tokenize-manifest", default=None, metavar="ID",
+                     help="the tokenize manifest whose chain and pairs dataset to validate")
+    src.add_argument("--latest", action="store_true",
+                     help="the newest tokenize manifest in the bucket (the default)")
+
+    p = add("features", cmd_features,
+            "the Feast feature store (feature_repo/): `apply` registers the entities and "
+            "feature views, `materialize` loads the newest rows into the online store (sqlite "
+            "locally, Redis in the cluster), `build` runs the pipeline's features stage")
+    p.add_argument("action", choices=["apply", "materialize", "build"])
+    p.add_argument("--end", default=None, metavar="ISO",
+                   help="materialize: rows with event times up to this time (default: now)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--validate-manifest", default=None, metavar="ID",
+                     help="build: the validate manifest (the gate passed) to take the dataset from")
+    src.add_argument("--latest", action="store_true",
+                     help="build: the newest validate manifest in the bucket (the default)")
+
+    p = add("mix", cmd_mix,
+            "choose the training mix from point-in-time features: current consent, on-policy "
+            "model version, minimum judge margin, cap per user, timing/content balance (mix.*); "
+            "writes the mix manifest the trainer consumes")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--features-manifest", default=None, metavar="ID",
+                     help="a features manifest id (features-...)")
+    src.add_argument("--latest", action="store_true",
+                     help="the newest features manifest in the bucket (the default)")
+    p.add_argument("--as-of", default=None, metavar="ISO",
+                   help="leave out pairs later than this (default: when the features were built)")
+    p.add_argument("--model-version", default=None,
+                   help="the on-policy version (default: the one train.policy_source, the "
+                        "champion, serves)")
+
+    p = add("erase", cmd_erase,
+            "forget one user: every object version naming them (transcripts, judgements, "
+            "pairs and their audio, caches, reports, MLflow artefacts, state markers, Feast "
+            "rows, pipeline-root and local copies) is deleted; manifests and pair datasets "
+            "holding them are rewritten as new versions (old ones and their reference "
+            "log-probs deleted, lineage recorded); a re-scan proves nothing is left; ledger "
+            "at ledger/erasure/<request>.json. Exit 1 when the re-scan still finds the user")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", default=None, metavar="ID",
+                     help="the serving side's raw user id (pseudonymised with the scrub key)")
+    who.add_argument("--pseudonym", default=None, metavar="P", help="the pseudonym (p-...)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list what would be removed and rewritten; change nothing")
+    p.add_argument("--request-id", default=None,
+                   help="the erasure request's id (default: erase-<time>-<hash>)")
+    p.add_argument("--full", action="store_true",
+                   help="print the whole report (every key) instead of the counts")
+
+    p = add("retention", cmd_retention,
+            "delete every object version older than its prefix's retention period "
+            "(retention.days), set the bucket lifecycle rules where the store takes them, and "
+            "write the ledger entry ledger/retention/<run>.json")
+    p.add_argument("--dry-run", action="store_true", help="list what would expire; delete nothing")
+    p.add_argument("--now", default=None, metavar="ISO",
+                   help="evaluate the periods at this time instead of now (e.g. 2027-01-01T00:00Z)")
+    p.add_argument("--full", action="store_true", help="print every expired key")
 
     p = add("bench", cmd_bench, "benchmarks that print their figures against a named baseline")
     p.add_argument("which", choices=["transcribe", "ingest", "judge", "resynthesize", "tokenize",

@@ -35,6 +35,7 @@ def collect_figures(cfg: Config, final_manifest_id: str) -> dict[str, Any]:
                                                               "tokenize"))
     trained = chain.get("train")
     train_stats = trained.stats if trained else {}
+    validate, features, mix = chain.get("validate"), chain.get("features"), chain.get("mix")
     wer_key = Keys.report("transcribe", transcribe.manifest_id, "wer.json") if transcribe else None
     wer = store.get_json(wer_key)["wer"] if wer_key and store.exists(wer_key) else None
     rejected_by_code = {k.split(":", 1)[1]: v for k, v in (ingest.counts if ingest else {}).items()
@@ -56,6 +57,9 @@ def collect_figures(cfg: Config, final_manifest_id: str) -> dict[str, Any]:
         "resynthesized": resynth.counts.get("items", 0) if resynth else 0,
         "pairs_dataset": tokenize.stats.get("pairs_dataset") if tokenize else None,
         "pairs_report": _report_uri(cfg, store, tokenize.manifest_id) if tokenize else None,
+        "validation": validation_figures(validate),
+        "features": features.stats.get("rows") if features else None,
+        "training_mix": mix_figures(mix),
         "train_run_id": train_stats.get("train_run_id"),
         "stopped_at_step": train_stats.get("stopped_at_step"),
         "stop_reason": train_stats.get("stop_reason"),
@@ -72,6 +76,26 @@ def _report_uri(cfg: Config, store: ObjectStore, tokenize_manifest_id: str) -> s
     """The pairs report the pipeline's report task wrote (also a KFP HTML artefact)."""
     key = Keys.report("pairs", tokenize_manifest_id, "pairs.html")
     return f"s3://{cfg.storage.bucket}/{key}" if store.exists(key) else None
+
+
+def validation_figures(validate: Any) -> dict[str, Any] | None:
+    """The gate's verdict: expectations passed, those that failed (by name and severity)."""
+    if validate is None:
+        return None
+    stats = validate.stats
+    return {"passed": len(stats.get("passed", [])),
+            "failed": [f["name"] if isinstance(f, dict) else f for f in stats.get("failed", [])],
+            "critical_failed": list(stats.get("critical_failed", [])),
+            "report": stats.get("report")}
+
+
+def mix_figures(mix: Any) -> dict[str, Any] | None:
+    """The training mix: pairs kept by type and why the others were left out."""
+    if mix is None:
+        return None
+    return {"by_type": dict(mix.stats.get("by_type", {})), "pairs": mix.counts.get("items", 0),
+            "excluded": dict(mix.stats.get("excluded", {})),
+            "dataset_version": mix.stats.get("dataset_version")}
 
 
 def pair_counts(pairs: Any) -> dict[str, int]:
@@ -139,6 +163,19 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def _validation_line(v: dict[str, Any] | None) -> str:
+    if v is None:
+        return "n/a"
+    failed = ", ".join(v["failed"]) or "none"
+    return f"{v['passed']} expectations passed; failed: {failed} ({v['report']})"
+
+
+def _mix_line(m: dict[str, Any] | None) -> str:
+    if m is None:
+        return "n/a"
+    return f"{m['pairs']} pairs {m['by_type']}; left out {m['excluded'] or 'none'}"
+
+
 def print_summary(f: dict[str, Any], findings: list[str], behaviour: list[str] = ()) -> None:
     wer = f["transcript_wer"]
     lines = [
@@ -155,6 +192,8 @@ def print_summary(f: dict[str, Any], findings: list[str], behaviour: list[str] =
         f"{f['pairs']['B']}, C silence {f['pairs']['C']}; resynthesised {f['resynthesized']}",
         f"  pairs dataset          {f['pairs_dataset'] or 'n/a'}",
         f"  pairs report           {f['pairs_report'] or 'n/a'} (KFP HTML artefact, MLflow)",
+        f"  data quality gate      {_validation_line(f['validation'])}",
+        f"  training mix           {_mix_line(f['training_mix'])}",
         f"  training               stopped at step {f['stopped_at_step']}: {f['stop_reason']}; "
         f"held-out pair accuracy {_fmt(f['heldout_pair_accuracy'])}",
         f"  challenger             version {f['challenger_version']} (MLflow run "

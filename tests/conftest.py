@@ -239,3 +239,5 @@ def postgres_password(postgres_server: PostgresServer) -> str:
 # Per-test isolation for stage tests (a fresh bucket, consent registry and key per test)
 
 from tests.support.stage import stage_cfg, stage_store  # noqa: E402,F401  (fixtures)
+
+from tests.support.redis import redis_server  # noqa: E402,F401  (Feast online store on Redis)

@@ -471,6 +471,96 @@ class TrainConfig(_Section):
     alias: str = "challenger"
 
 
+class ValidationConfig(_Section):
+    """The data quality gate before training (components/validate, Great Expectations 1.x).
+
+    Critical expectations stop the pipeline before training; warnings are reported. Bounds here
+    are the configured ones the suites read; docs/validate.md lists every expectation."""
+
+    # Share of each pair type in the dataset: [min, max] (the paper's final mix: 27% timing).
+    pair_type_bounds: dict[str, tuple[float, float]] = Field(default_factory=lambda: {
+        "content": (0.0, 1.0), "interruption": (0.0, 1.0), "silence": (0.0, 1.0)})
+    min_duration_s: float = Field(default=0.5, ge=0)  # a conversation's duration
+    max_duration_s: float = Field(default=3600.0, gt=0)
+    max_word_s: float = Field(default=5.0, gt=0)  # one word's duration
+    # A chosen reply may overlap the user's (resynthesised) speech by at most this much.
+    max_chosen_overlap_s: float = Field(default=0.1, ge=0)
+    # Slack of "inside the conversation" (ASR word ends, rounding, resynthesised audio tails).
+    time_tolerance_s: float = Field(default=0.25, ge=0)
+    # Per-expectation severity overrides: {"expectation name": "critical" | "warning"}.
+    severity: dict[str, Literal["critical", "warning"]] = Field(default_factory=dict)
+    # Vocabulary sizes the token ids of the dataset must fit: text ids in [NO_TOKEN, text),
+    # audio ids in [NO_TOKEN, audio). 0 = from the configured tokenizer (text_card) and codec
+    # (cardinality), loaded per cfg.streams.
+    text_vocab_size: int = Field(default=0, ge=0)
+    audio_cardinality: int = Field(default=0, ge=0)
+    # Compare the dataset's tokenizer / codec hashes with the registry tags of the model training
+    # starts from (train.policy_source, the champion); skipped when none is registered yet.
+    compare_champion: bool = True
+    log_to_mlflow: bool = True
+
+
+class FeaturesConfig(_Section):
+    """The Feast feature repository (feature_repo/): what it is applied to and where rows live.
+
+    Offline store: parquet in the data bucket under ``features/``; online store: sqlite locally,
+    Redis in the cluster (the Helm values set it). The registry is a file (local path or s3://)."""
+
+    project: str = "duplexalign"
+    # A local path or s3://bucket/key (endpoint: storage.endpoint). "" = one registry per data
+    # bucket: <services.state_dir>/state/feast/<storage.bucket>/registry.db.
+    registry: str = ""
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    sqlite_path: str = ""  # "" = <services.state_dir>/state/feast/<storage.bucket>/online.db
+    redis_connection_string: str = "127.0.0.1:6379"  # host:port[,ssl=true,...] (Feast's format)
+    redis_password_env: str = "DUPLEXALIGN_REDIS_PASSWORD"  # the password comes from a secret
+    materialize: bool = True  # materialise into the online store after each pipeline run
+
+
+class MixConfig(_Section):
+    """The training-mix builder (components/mix): which pairs of a dataset the trainer sees.
+
+    Features come point-in-time correct from Feast; consent is the registry's CURRENT state."""
+
+    # Target share of timing pairs (interruption + silence) in the mix; None = as the data came.
+    # The over-represented side is downsampled (deterministically) to reach it within tolerance.
+    timing_fraction: float | None = Field(default=0.27, ge=0, le=1)
+    tolerance: float = Field(default=0.05, ge=0, le=1)
+    max_pairs_per_user: int = Field(default=0, ge=0)  # 0 = no cap
+    min_judge_margin: float = Field(default=0.0, ge=0)  # how far below its threshold the reply was
+    on_policy: bool = True  # only pairs the policy's own model version served
+    seed: int = 0
+
+
+class RetentionConfig(_Section):
+    """How long each prefix of the data bucket is kept (days; absent = kept), enforced by the
+    pipeline's retention task and, where the store supports it, by bucket lifecycle rules."""
+
+    days: dict[str, float] = Field(default_factory=lambda: {
+        "quarantine/": 1.0, "state/": 30.0, "cache/": 90.0, "reports/": 180.0,
+        "transcripts/": 365.0, "conversations/": 365.0, "judgements/": 365.0, "pairs/": 365.0,
+        "features/": 365.0, "train/reference-logps/": 90.0})
+    enforce_in_pipeline: bool = True
+    lifecycle_rules: bool = True
+
+
+class ErasureConfig(_Section):
+    """`duplexalign erase` (components/erase): a user's data gone from every store on request."""
+
+    # Record the withdrawal in the consent registry, so the user's next logs are dropped at ingest
+    # (the registry keeps the pseudonym: it is what honours the withdrawal).
+    withdraw_consent: bool = True
+    # Local folders searched and cleaned besides KFP's pipeline root: files naming the user are
+    # deleted, log lines naming them are dropped. Empty = state_dir/kfp-workspace, state_dir/logs.
+    local_roots: list[str] = Field(default_factory=list)
+    # Synthesised-speech caches (npz entries hold their words): the user's entries are deleted.
+    # Empty = resynthesize.cache_dir and simulate.tts_cache_dir.
+    tts_cache_dirs: list[str] = Field(default_factory=list)
+    # Objects above this size are matched by key only (audio, weights), not by content.
+    scan_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    reclaim_space: bool = True  # ask the store to free deleted bytes (SeaweedFS vacuum)
+
+
 class GpuTolerationConfig(_Section):
     key: str = "nvidia.com/gpu"
     operator: Literal["Equal", "Exists"] = "Exists"
@@ -521,6 +611,11 @@ class Config(_Section):
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     gpu_pool: GpuPoolConfig = Field(default_factory=GpuPoolConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    mix: MixConfig = Field(default_factory=MixConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    erasure: ErasureConfig = Field(default_factory=ErasureConfig)
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -551,6 +646,10 @@ _TRAIN_SMALL: dict[str, Any] = {"temporal_lr": 3e-5, "depformer_lr": 3e-5, "batc
                                 "min_pairs": 8, "eval_every": 3, "patience": 2,
                                 "eval_conversations": 4, "heldout_fraction": 0.25}
 
+# The embedded world's rounds have tens of pairs: the mix keeps the type split as the data came
+# (downsampling to the paper's 27% timing share would throw away most of a demo round).
+_MIX_SMALL: dict[str, Any] = {"timing_fraction": None}
+
 # Profiles set sizes and budgets; docs/budgets.md has the table of what each costs.
 PROFILES: dict[str, dict[str, Any]] = {
     "ci": {"simulate": {"conversations": 6, "turns_min": 2, "turns_max": 3},
@@ -563,17 +662,18 @@ PROFILES: dict[str, dict[str, Any]] = {
                         "benign_edgy_items": 6},
            "judge": _LOCAL_JUDGE,
            "train": {**_TRAIN_SMALL, "temporal_lr": 1e-4, "depformer_lr": 1e-4, "epochs": 2.0,
-                     "min_pairs": 2, "eval_every": 2, "eval_conversations": 1}},
+                     "min_pairs": 2, "eval_every": 2, "eval_conversations": 1},
+           "mix": _MIX_SMALL},
     "demo": {"simulate": {"conversations": 12}, "streams": {"num_codebooks": 4},
              # 240 conversations and 700 steps: ~21 min cold (15 min bought a model that
              # answered none of the seen questions when served; docs/model.md), then cached.
              "bootstrap": {"conversations": 240, "max_steps": 700, "time_budget_s": 1200.0,
                            **_BOOTSTRAP_SMALL},
-             "judge": _LOCAL_JUDGE, "train": _TRAIN_SMALL},
+             "judge": _LOCAL_JUDGE, "train": _TRAIN_SMALL, "mix": _MIX_SMALL},
     "bench": {"simulate": {"conversations": 24}, "streams": {"num_codebooks": 4},
               "bootstrap": {"conversations": 400, "max_steps": 4000, "time_budget_s": 2400.0,
                             **_BOOTSTRAP_SMALL},
-              "judge": _LOCAL_JUDGE, "train": _TRAIN_SMALL},
+              "judge": _LOCAL_JUDGE, "train": _TRAIN_SMALL, "mix": _MIX_SMALL},
     "production": {
         "storage": {"endpoint": "s3.amazonaws.com", "secure": True, "credentials_file": ""},
         "mlflow": {"tracking_uri": "http://mlflow.duplexalign.svc:5000"},
@@ -589,6 +689,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "judge": {"backend": "openai", "endpoint": "http://judge-llm.duplexalign.svc:8000/v1"},
         "pairs": {"composer": "llm"},
         "pipeline": {"pipeline_root": "s3://duplexalign/pipeline-root"},
+        # Feast: the registry in the bucket, the online store in the cluster's Redis (Helm values).
+        "features": {"registry": "s3://duplexalign/feast/registry.db", "online_store": "redis",
+                     "redis_connection_string": "feast-redis.duplexalign.svc:6379"},
     },
 }
 

@@ -209,10 +209,13 @@ class ChatClient:
         return body
 
     def complete_json(self, messages: Sequence[Mapping[str, str]], schema: Mapping[str, Any],
-                      name: str = "answer") -> Any:
+                      name: str = "answer", meta: Mapping[str, Any] | None = None) -> Any:
         """The endpoint's answer as a JSON value that validates against `schema`.
 
-        Cached by content hash when a cache is configured. Raises LlmError after the retries."""
+        Cached by content hash when a cache is configured; ``meta`` is recorded in the cache
+        entry (not part of its digest) — callers pass the ``conversation_id`` the request is
+        about, so erasing a user finds their entries (components/erase). Raises LlmError after
+        the retries."""
         body = self.request_body(messages, schema, name)
         digest = None
         if self.cache is not None:
@@ -224,7 +227,8 @@ class ChatClient:
                 return cached
         answer = self._with_retries(body, schema)
         if self.cache is not None and digest is not None:
-            self.cache.put(digest, answer, {"model": self.model, "schema_name": name})
+            self.cache.put(digest, answer, {**(dict(meta) if meta else {}),
+                                            "model": self.model, "schema_name": name})
         return answer
 
     def complete_text(self, messages: Sequence[Mapping[str, str]], name: str = "text") -> str:

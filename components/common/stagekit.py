@@ -82,6 +82,15 @@ class ManifestWriter:
         if len(self._rejects) >= self.shard_items:
             self._flush(self._rejects, self.reject_shards)
 
+    def seal_id(self) -> str:
+        """The id ``close`` will give the manifest, known before it is written (a stage can put
+        the id into a report's key first). Flushes what is buffered to its shards; adding more
+        afterwards changes the id."""
+        self._flush(self._items, self.item_shards)
+        self._flush(self._rejects, self.reject_shards)
+        return Manifest(stage=self.stage, input_manifest_id=self.input_manifest_id,
+                        item_shards=self.item_shards, reject_shards=self.reject_shards).content_id()
+
     def close(self, stats: dict[str, Any] | None = None) -> Manifest:
         self._flush(self._items, self.item_shards)
         self._flush(self._rejects, self.reject_shards)
@@ -108,7 +117,8 @@ def load_manifest(store: ObjectStore, manifest_id: str) -> Manifest:
     return Manifest.model_validate(store.get_json(Keys.manifest(stage_of(manifest_id), manifest_id)))
 
 
-def _iter_shards(store: ObjectStore, keys: list[str]) -> Iterator[dict[str, Any]]:
+def iter_shards(store: ObjectStore, keys: list[str]) -> Iterator[dict[str, Any]]:
+    """The records of manifest shards ``keys`` (items or rejects, as stored), in order."""
     for key in keys:
         for line in store.get_bytes(key).decode().splitlines():
             if line:
@@ -128,11 +138,11 @@ def manifest_chain(store: ObjectStore, final_manifest_id: str) -> dict[str, Mani
 
 
 def iter_items(store: ObjectStore, manifest: Manifest) -> Iterator[dict[str, Any]]:
-    return _iter_shards(store, manifest.item_shards)
+    return iter_shards(store, manifest.item_shards)
 
 
 def iter_rejects(store: ObjectStore, manifest: Manifest) -> Iterator[ItemError]:
-    return (ItemError.model_validate(r) for r in _iter_shards(store, manifest.reject_shards))
+    return (ItemError.model_validate(r) for r in iter_shards(store, manifest.reject_shards))
 
 
 # ----------------------------------------------------------------------------- the item loop

@@ -536,8 +536,9 @@ class ObjectStore:
         with self._errors("delete", key):
             self.client.remove_object(self.bucket, self.full_key(key))
 
-    def _delete_versions(self, versions: Iterable[ObjectVersion], what: str) -> int:
-        """Batch-delete explicit (key, version) pairs; raises if the server refused any."""
+    def delete_versions(self, versions: Iterable[ObjectVersion], what: str) -> int:
+        """Batch-delete explicit (key, version) pairs (``what`` names them in errors); raises if
+        the server refused any. Returns how many were deleted."""
         batch: list[DeleteObject] = []
         deleted = 0
 
@@ -580,7 +581,7 @@ class ObjectStore:
             versions = [v for v in self.list_versions(key) if v.key == key]
             if not versions:
                 return total
-            total += self._delete_versions(versions, key)
+            total += self.delete_versions(versions, key)
         if any(v.key == key for v in self.list_versions(key)):
             raise StorageError("versions keep reappearing; is a writer still active?",
                                key=self.full_key(key), bucket=self.bucket)
@@ -601,7 +602,7 @@ class ObjectStore:
             versions = list(self.list_versions(prefix))
             if not versions:
                 return total
-            total += self._delete_versions(versions, prefix)
+            total += self.delete_versions(versions, prefix)
         return total
 
     def reclaim_deleted_space(self) -> int | None:

@@ -78,6 +78,9 @@ class ComposeRequest:
     passages: tuple[Passage, ...]
     context: str = ""  # earlier turns, for the LLM prompt
     max_words: int | None = None  # time budget: what can be said before the user's next turn
+    # Whose conversation: recorded with a cached LLM answer (never in the prompt) so erasing
+    # the user finds it.
+    conversation_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -290,8 +293,9 @@ class LlmComposer:
         from components.common.llm import LlmError
 
         try:
-            answer = self.client.complete_json(rewrite_messages(req, self.max_words), REPLY_SCHEMA,
-                                               name="pairs_rewrite")
+            answer = self.client.complete_json(
+                rewrite_messages(req, self.max_words), REPLY_SCHEMA, name="pairs_rewrite",
+                meta={"conversation_id": req.conversation_id} if req.conversation_id else None)
         except LlmError as exc:
             raise ComposeError(exc.code, exc.reason) from exc
         text = " ".join(str(answer.get("reply", "")).split())

@@ -147,7 +147,8 @@ def build_pair(cfg: Config, item: JudgedItem, judgement: ConversationJudgement,
         req = ComposeRequest(request=reply.request, rejected=reply.text,
                              problems=tuple(reply.problems), passages=tuple(grounding),
                              context=_context(judgement, reply),
-                             max_words=rules.word_budget(place, p.speaking_rate_wps))
+                             max_words=rules.word_budget(place, p.speaking_rate_wps),
+                             conversation_id=item.conversation_id)
         try:
             composition = composer.compose(req)
         except ComposeError as exc:

@@ -7,10 +7,11 @@ from components.common.kfp_support import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def train_op(tokenize_manifest_id: str, profile: str, overrides: str, pipeline_run: str,
+def train_op(mix_manifest_id: str, profile: str, overrides: str, pipeline_run: str,
              report: dsl.Output[dsl.HTML]) -> str:
-    """Preference-train the champion on the pairs dataset of the tokenize manifest (DPO-LN by
-    default, early stopping on held-out pairs and generations), register the best checkpoint as
+    """Preference-train the champion on the training mix (the pairs the feature-based mix builder
+    selected from the validated dataset; DPO-LN by default, early stopping on held-out pairs and
+    generations), register the best checkpoint as
     the `challenger`; the training curves page is the task's HTML artefact. Returns the train
     manifest id (its stats: run id, challenger version, where and why it stopped)."""
     import html
@@ -20,7 +21,7 @@ def train_op(tokenize_manifest_id: str, profile: str, overrides: str, pipeline_r
     from components.train.logic import report_key, train
 
     cfg = config_from_params(profile, overrides)
-    result = train(cfg, tokenize_manifest_id, pipeline_run=pipeline_run, skip_if_too_few=True)
+    result = train(cfg, mix_manifest_id, pipeline_run=pipeline_run, skip_if_too_few=True)
     if result.report:
         ObjectStore.from_config(cfg.storage).download_file(report_key(result.run_key),
                                                            report.path)

@@ -62,6 +62,7 @@ class TrainData:
     dropped_off_policy: int = 0
     by_type: dict[str, int] = field(default_factory=dict)  # training pairs by type
     seed: int = 0
+    not_in_mix: int = 0  # pairs of the dataset the training mix left out
 
     @property
     def version(self) -> str:
@@ -99,13 +100,17 @@ class TrainData:
     def summary(self) -> dict[str, Any]:
         return {"dataset_version": self.version, "train_pairs": len(self.train_ids),
                 "heldout_pairs": len(self.heldout_ids),
-                "dropped_off_policy": self.dropped_off_policy, "train_by_type": self.by_type}
+                "dropped_off_policy": self.dropped_off_policy, "not_in_mix": self.not_in_mix,
+                "train_by_type": self.by_type}
 
 
 def load_train_data(store: ObjectStore, version: str, *, model_version: str | None,
                     on_policy: bool, heldout_fraction: float, seed: int, min_pairs: int,
-                    max_heldout: int = 256) -> TrainData:
+                    max_heldout: int = 256, selected: set[str] | None = None) -> TrainData:
     """Select the pairs of dataset ``version`` a run trains on (see the module docstring).
+
+    ``selected``: the pair ids a training mix chose (components/mix); the others are left out
+    before any other rule (counted in ``not_in_mix``). None = every pair of the dataset.
 
     Raises NotEnoughPairs when fewer than ``min_pairs`` remain (training and held-out
     together): a run on a handful of pairs would register a model that moved on noise."""
@@ -115,11 +120,14 @@ def load_train_data(store: ObjectStore, version: str, *, model_version: str | No
     heldout_ids: list[str] = []
     by_type: dict[str, int] = {}
     types: dict[str, str] = {}
-    dropped = 0
+    dropped = not_in_mix = 0
     for index in range(len(dataset.manifest.shards)):
         # ids and types decide: the shards' tensors are not decompressed here
         ids, kinds = dataset.labels(index)
         for pair_id, pair_type in zip(ids.tolist(), kinds.tolist()):
+            if selected is not None and pair_id not in selected:
+                not_in_mix += 1
+                continue
             if on_policy and versions.get(pair_id) != model_version:
                 dropped += 1
                 continue
@@ -142,9 +150,12 @@ def load_train_data(store: ObjectStore, version: str, *, model_version: str | No
     kept = len(train_ids) + len(heldout_ids)
     if kept < min_pairs:
         why = f" ({dropped} dropped: served by another model than {model_version})" if dropped else ""
+        if selected is not None:
+            why += f" ({not_in_mix} not in the training mix)"
         raise NotEnoughPairs(f"dataset {version}: {kept} pairs to train on{why}, fewer than "
                              f"train.min_pairs={min_pairs}")
     if not train_ids:
         raise NotEnoughPairs(f"dataset {version}: every kept pair is held out")
     return TrainData(dataset=dataset, train_ids=train_ids, heldout_ids=heldout_ids,
-                     dropped_off_policy=dropped, by_type=by_type, seed=seed)
+                     dropped_off_policy=dropped, by_type=by_type, seed=seed,
+                     not_in_mix=not_in_mix)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from components.common.config import Config, flatten
-from components.common.stagekit import ManifestWriter, load_manifest
+from components.common.stagekit import ManifestWriter, iter_items, load_manifest, stage_of
 from components.common.storage import ObjectStore
 from components.contract import Keys, canonical_json
 
@@ -78,10 +78,16 @@ def _log(message: str) -> None:
     print(f"[{STAGE}] {message}", file=sys.stderr, flush=True)
 
 
-def run_key(cfg: Config, dataset_version: str, reference_sha256: str) -> str:
+def run_key(cfg: Config, dataset_version: str, reference_sha256: str,
+            selection: str | None = None) -> str:
+    """The run's identity: dataset, reference weights, settings and — when a training mix chose
+    the pairs — the mix manifest (another mix of the same dataset is another run)."""
     settings = {k: v for k, v in cfg.train.model_dump(mode="json").items() if k not in _NOT_IN_KEY}
-    body = canonical_json({"dataset": dataset_version, "reference": reference_sha256,
-                           "train": settings, "model_context": cfg.model.context})
+    body = {"dataset": dataset_version, "reference": reference_sha256, "train": settings,
+            "model_context": cfg.model.context}
+    if selection:
+        body["selection"] = selection
+    body = canonical_json(body)
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
@@ -96,6 +102,19 @@ def dataset_of(store: ObjectStore, tokenize_manifest_id: str) -> str:
     if not version:
         raise ValueError(f"{tokenize_manifest_id} names no pairs dataset (no pairs were tokenised)")
     return str(version)
+
+
+def training_input(store: ObjectStore, input_manifest_id: str) -> tuple[str, set[str] | None]:
+    """(dataset version, pair ids to train on) of the stage's input manifest: a training mix
+    (components/mix: the pairs the feature-based selection kept, its stats name the dataset), or a
+    tokenize manifest (every pair of its dataset)."""
+    if stage_of(input_manifest_id) == "mix":
+        mix = load_manifest(store, input_manifest_id)
+        version = mix.stats.get("dataset_version")
+        if not version:
+            raise ValueError(f"{input_manifest_id} names no pairs dataset")
+        return str(version), {str(item["pair_id"]) for item in iter_items(store, mix)}
+    return dataset_of(store, input_manifest_id), None
 
 
 def pick_device(setting: str) -> torch.device:
@@ -138,19 +157,22 @@ class _StateMirror:
         return True
 
 
-def _write_manifest(store: ObjectStore, tokenize_manifest_id: str | None,
+def _write_manifest(store: ObjectStore, input_manifest_id: str | None,
                     result: TrainResult) -> str:
     stats = {k: v for k, v in result.to_dict().items() if k not in ("manifest_id", "cached")}
     stats["seconds"] = result.seconds
-    writer = ManifestWriter(store, STAGE, tokenize_manifest_id)
+    writer = ManifestWriter(store, STAGE, input_manifest_id)
     return writer.close(stats).manifest_id
 
 
-def train(cfg: Config, tokenize_manifest_id: str | None = None, *,
+def train(cfg: Config, input_manifest_id: str | None = None, *,
           dataset_version: str | None = None, pipeline_run: str = "",
           stop_after_steps: int | None = None, skip_if_too_few: bool = False,
           progress: bool = True) -> TrainResult:
     """Train (or resume, or return the finished run of the same inputs); see the module doc.
+
+    ``input_manifest_id`` is the training mix (the pipeline: the pairs components/mix selected) or
+    a tokenize manifest (every pair of its dataset); or give ``dataset_version`` directly.
 
     Fewer pairs than ``train.min_pairs`` (after the on-policy filter) raise NotEnoughPairs, or,
     with ``skip_if_too_few`` (the pipeline's task), end the stage without training: its manifest
@@ -169,7 +191,7 @@ def train(cfg: Config, tokenize_manifest_id: str | None = None, *,
     device = ctx.device(cfg.train.device)
     created = init_distributed(ctx, device)
     try:
-        return _train(cfg, ctx, device, tokenize_manifest_id, dataset_version=dataset_version,
+        return _train(cfg, ctx, device, input_manifest_id, dataset_version=dataset_version,
                       pipeline_run=pipeline_run, stop_after_steps=stop_after_steps,
                       skip_if_too_few=skip_if_too_few, progress=progress)
     finally:
@@ -177,7 +199,7 @@ def train(cfg: Config, tokenize_manifest_id: str | None = None, *,
             destroy_distributed()
 
 
-def _train(cfg: Config, ctx: "DistContext", device: torch.device, tokenize_manifest_id: str | None, *,
+def _train(cfg: Config, ctx: "DistContext", device: torch.device, input_manifest_id: str | None, *,
            dataset_version: str | None, pipeline_run: str, stop_after_steps: int | None,
            skip_if_too_few: bool, progress: bool) -> TrainResult:
     from components.model.checkpoint import load_checkpoint, read_identity
@@ -200,10 +222,11 @@ def _train(cfg: Config, ctx: "DistContext", device: torch.device, tokenize_manif
     if main:
         store.ensure_bucket(versioning=True)
     barrier(ctx)
+    selected: set[str] | None = None
     if dataset_version is None:
-        if tokenize_manifest_id is None:
-            raise ValueError("give a tokenize manifest id or a dataset version")
-        dataset_version = dataset_of(store, tokenize_manifest_id)
+        if input_manifest_id is None:
+            raise ValueError("give a mix or tokenize manifest id, or a dataset version")
+        dataset_version, selected = training_input(store, input_manifest_id)
     # One download per node (the first process of each node), then the others find it cached.
     if ctx.local_rank == 0:
         folder = resolve_model(cfg, tc.policy_source)
@@ -215,7 +238,8 @@ def _train(cfg: Config, ctx: "DistContext", device: torch.device, tokenize_manif
     if identity is None:
         raise ValueError(f"{folder}: no duplexalign.json (import the checkpoint first: "
                          "`duplexalign model import`)")
-    key = run_key(cfg, dataset_version, identity.weights_sha256)
+    key = run_key(cfg, dataset_version, identity.weights_sha256,
+                  input_manifest_id if selected is not None else None)
     result_key = f"{RUNS_PREFIX}/{key}/result.json"
     finished = broadcast_object(store.get_json(result_key) if main and store.exists(result_key)
                                 else None, ctx)
@@ -230,7 +254,7 @@ def _train(cfg: Config, ctx: "DistContext", device: torch.device, tokenize_manif
     try:
         data = load_train_data(store, dataset_version, model_version=policy_tag,
                                on_policy=tc.on_policy, heldout_fraction=tc.heldout_fraction,
-                               seed=tc.seed, min_pairs=tc.min_pairs)
+                               seed=tc.seed, min_pairs=tc.min_pairs, selected=selected)
     except NotEnoughPairs as exc:  # the same data on every rank: every rank gets here
         if not skip_if_too_few:
             raise
@@ -244,7 +268,7 @@ def _train(cfg: Config, ctx: "DistContext", device: torch.device, tokenize_manif
                 heldout_pair_accuracy=None, heldout_margin=None, train_pairs=0,
                 heldout_pairs=0, dropped_off_policy=0, reference_cached=False,
                 seconds=round(time.monotonic() - t0, 2), frames_per_s=None)
-            skipped.manifest_id = _write_manifest(store, tokenize_manifest_id, skipped)
+            skipped.manifest_id = _write_manifest(store, input_manifest_id, skipped)
         return broadcast_object(skipped, ctx)
     if data.dataset.manifest.tokenizer_hash != identity.tokenizer_hash or \
             data.dataset.manifest.codec_hash != identity.codec_hash:
@@ -308,7 +332,7 @@ def _train(cfg: Config, ctx: "DistContext", device: torch.device, tokenize_manif
                           "codec_hash": identity.codec_hash,
                           "pipeline_run": pipeline_run or "-", "policy_version": policy_tag,
                           "train_run_key": key, "loss": tc.loss,
-                          "tokenize_manifest": tokenize_manifest_id or "-"})
+                          "input_manifest": input_manifest_id or "-"})
         tracker.log_params({**flatten(tc.model_dump(mode="json"), "train."),
                             **{f"data.{k}": v for k, v in data.summary().items()},
                             "device": str(device), "autocast": str(autocast),
@@ -351,7 +375,7 @@ def _train(cfg: Config, ctx: "DistContext", device: torch.device, tokenize_manif
         final = _finish(cfg, tc, tracker, store, data, outcome, trainer, lm, model, identity,
                          key=key, dataset_version=dataset_version, policy_tag=policy_tag,
                          work_dir=work_dir, reference=reference, result_key=result_key,
-                         tokenize_manifest_id=tokenize_manifest_id, t0=t0, talk=talk)
+                         input_manifest_id=input_manifest_id, t0=t0, talk=talk)
     return broadcast_object(final, ctx)
 
 
@@ -458,7 +482,7 @@ def _unsharded_lm(model: Any, folder: Path, cfg: Config, ctx: "DistContext") -> 
 def _finish(cfg: Config, tc: Any, tracker: Any, store: ObjectStore, data: Any, outcome: Any,
             trainer: Any, lm: Any, model: Any, identity: Any, *, key: str, dataset_version: str,
             policy_tag: str, work_dir: Path, reference: Any, result_key: str,
-            tokenize_manifest_id: str | None, t0: float, talk: bool) -> TrainResult:
+            input_manifest_id: str | None, t0: float, talk: bool) -> TrainResult:
     """Rank 0's end of a finished run: report, checkpoint, registration, result, manifest."""
     from components.model.checkpoint import save_checkpoint
     from components.train.tracking import render_curves_html
@@ -507,7 +531,7 @@ def _finish(cfg: Config, tc: Any, tracker: Any, store: ObjectStore, data: Any, o
         seconds=round(time.monotonic() - t0, 2), frames_per_s=outcome.frames_per_s,
         report=store.uri(report_key(key)),
         best_metrics={k: v for k, v in best.items() if isinstance(v, (int, float))})
-    result.manifest_id = _write_manifest(store, tokenize_manifest_id, result)
+    result.manifest_id = _write_manifest(store, input_manifest_id, result)
     store.put_json(result_key, result.to_dict())  # last: marks the run finished
     if talk:
         _log(f"run {key}: {outcome.stop_reason}; best step {outcome.best_step}, held-out "

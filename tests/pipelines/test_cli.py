@@ -10,7 +10,7 @@ import pytest
 from pipelines.cli import build_parser
 
 COMMANDS = ["services", "bootstrap", "simulate", "seal", "run", "compile", "demo", "bench", "evaluate-model",
-            "model", "train", "trainjob"]
+            "model", "train", "trainjob", "validate", "features", "mix", "erase", "retention"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -65,6 +65,13 @@ def test_demo_end_to_end(tmp_path):
     assert set(summary["pairs"]) == {"A", "B", "C"} and sum(summary["pairs"].values()) > 0
     assert summary["resynthesized"] == sum(summary["pairs"].values())
     assert summary["pairs_dataset"].startswith("pairs-")
+    # The data quality gate passed every critical expectation; the feature-selected training mix
+    # is what the trainer consumed (its counts by type add up to the mix's pairs).
+    validation = summary["validation"]
+    assert validation["passed"] > 10 and validation["critical_failed"] == []
+    mix = summary["training_mix"]
+    assert mix["dataset_version"] == summary["pairs_dataset"]
+    assert sum(mix["by_type"].values()) == mix["pairs"] > 0
     # DPO-LN on those pairs: an MLflow run that stopped somewhere for a stated reason, a
     # held-out accuracy, and the best checkpoint registered as the challenger (version 2).
     assert summary["train_run_id"] and summary["stopped_at_step"] > 0
@@ -118,9 +125,15 @@ def test_run_killed_mid_transcribe_then_rerun_processes_each_conversation_once(s
     markers = [i.key for i in store.list(Keys.item_state_prefix("transcribe", chain["ingest"].manifest_id))]
     assert len(markers) == len(set(markers)) == ingested  # each conversation transcribed once
     trained = load_manifest(store, final)
-    assert trained.stage == "train" and trained.input_manifest_id == chain["tokenize"].manifest_id
+    # train ← mix ← features ← validate ← tokenize: the gate passed and the mix builder left out
+    # every pair (off-policy), so the train task ended without training
+    assert trained.stage == "train" and trained.input_manifest_id == chain["mix"].manifest_id
+    assert chain["validate"].input_manifest_id == chain["tokenize"].manifest_id
+    assert chain["validate"].stats["critical_failed"] == []
+    assert chain["mix"].counts.get("items", 0) == 0
+    assert chain["mix"].stats["excluded"].get("off_policy", 0) > 0
     assert trained.stats["stop_reason"].startswith("skipped: ")
-    assert "dropped: served by another model" in trained.stats["stop_reason"]
+    assert "not in the training mix" in trained.stats["stop_reason"]
     assert trained.stats["challenger_version"] is None
     assert chain["judge"].counts["items"] == ingested
     audit = audit_run(stage_cfg, sim.conversation_ids)

@@ -131,7 +131,9 @@ class OpenAIJudge:
                              reason="a reply with no words has no content to judge")
         try:
             answer = self.client.complete_json(build_messages(req), judge_schema(req.axes),
-                                               SCHEMA_NAME)
+                                               SCHEMA_NAME,
+                                               meta={"conversation_id": req.conversation_id,
+                                                     "reply_index": req.reply_index})
             return answer_to_scores(answer, req.axes)
         except LlmError as exc:
             return ItemError(item=req.item, code=exc.code, reason=exc.reason)

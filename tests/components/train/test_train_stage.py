@@ -115,3 +115,30 @@ def test_too_few_pairs_are_refused(champion, tokenizer, codec):
     cfg.train = cfg.train.model_copy(update={"min_pairs": 30})
     with pytest.raises(NotEnoughPairs, match="20 dropped: served by another model"):
         train(cfg, dataset_version=manifest.version)
+
+
+def test_a_training_mix_decides_which_pairs_train(champion, tokenizer, codec):
+    """The pipeline trains on a mix manifest: only the pairs it chose, from the dataset its
+    stats name; another mix of the same dataset is another run."""
+    from components.common.stagekit import ManifestWriter
+    from components.train.data import load_train_data
+    from components.train.logic import run_key, training_input
+
+    cfg, tag = champion
+    manifest = dataset(cfg, tokenizer, codec, tag)
+    store = ObjectStore.from_config(cfg.storage)
+    pair_ids = [p.pair_id for p in synthetic_pairs(24)]
+    writer = ManifestWriter(store, "mix", None)
+    for pair_id in pair_ids[:10]:
+        writer.add_item({"pair_id": pair_id})
+    mix_id = writer.close({"dataset_version": manifest.version}).manifest_id
+    version, selected = training_input(store, mix_id)
+    assert version == manifest.version and selected == set(pair_ids[:10])
+    data = load_train_data(store, version, model_version=tag, on_policy=True,
+                           heldout_fraction=0.25, seed=3, min_pairs=4, selected=selected)
+    assert set(data.train_ids) | set(data.heldout_ids) == set(pair_ids[:10])
+    assert data.not_in_mix == 14
+    with pytest.raises(NotEnoughPairs, match="14 not in the training mix"):
+        load_train_data(store, version, model_version=tag, on_policy=True, heldout_fraction=0.25,
+                        seed=3, min_pairs=11, selected=selected)
+    assert run_key(cfg, version, "ref", mix_id) != run_key(cfg, version, "ref", "mix-other")

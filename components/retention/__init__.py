@@ -1,0 +1,1 @@
+"""Retention periods per bucket prefix (docs/privacy-erasure.md#retention)."""
