@@ -536,8 +536,11 @@ class RetentionConfig(_Section):
     """How long each prefix of the data bucket is kept (days; absent = kept), enforced by the
     pipeline's retention task and, where the store supports it, by bucket lifecycle rules."""
 
+    # raw/: logs the pipeline never finished with (ingest rejects, a batch never run) hold user
+    # audio; 30 days bounds how long. datasets/ is not here: its shards are content-addressed
+    # and shared by newer versions (an old shard's date says nothing of its use).
     days: dict[str, float] = Field(default_factory=lambda: {
-        "quarantine/": 1.0, "state/": 30.0, "cache/": 90.0, "reports/": 180.0,
+        "raw/": 30.0, "quarantine/": 1.0, "state/": 30.0, "cache/": 90.0, "reports/": 180.0,
         "transcripts/": 365.0, "conversations/": 365.0, "judgements/": 365.0, "pairs/": 365.0,
         "features/": 365.0, "train/reference-logps/": 90.0})
     enforce_in_pipeline: bool = True

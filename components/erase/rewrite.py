@@ -32,7 +32,13 @@ from typing import Any
 
 from components.common.stagekit import ManifestWriter, iter_shards
 from components.common.storage import ObjectStore
-from components.contract import ItemError, Keys, Manifest, PairDatasetManifest, canonical_json
+from components.contract import (
+    ItemError,
+    Keys,
+    Manifest,
+    PairDatasetManifest,
+    canonical_json,
+)
 from components.erase.scan import Identifiers, redact_json
 
 REFERENCE_PREFIX = "train/reference-logps"  # components/train/reference.py PREFIX

@@ -10,14 +10,32 @@ the dataset (pair id, conversation, pseudonym, type, event time): the entity row
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
 from components.common.config import Config
 from components.common.consent import ConsentRegistry
-from components.common.stagekit import (ManifestWriter, iter_items, load_manifest, manifest_chain,
-                                         stage_of)
+from components.common.featurestore.definitions import (
+    CONVERSATION_STATS,
+    EVENT_TIMESTAMP,
+    PAIR_FEATURES,
+    USER_CONSENT,
+)
+from components.common.featurestore.store import (
+    apply_repo,
+    materialize,
+    offline_root,
+    write_rows,
+)
+from components.common.stagekit import (
+    ManifestWriter,
+    iter_items,
+    load_manifest,
+    manifest_chain,
+    stage_of,
+)
 from components.common.storage import ObjectStore
 from components.contract import (
     ConversationJudgement,
@@ -26,19 +44,12 @@ from components.contract import (
     Manifest,
     PreferencePair,
 )
-from components.common.featurestore.definitions import (
-    CONVERSATION_STATS,
-    EVENT_TIMESTAMP,
-    PAIR_FEATURES,
-    USER_CONSENT,
-)
 from components.features.rows import (
     consent_rows,
     conversation_end,
     conversation_stats_row,
     pair_features_row,
 )
-from components.common.featurestore.store import apply_repo, materialize, offline_root, write_rows
 
 STAGE = "features"
 READ_CONCURRENCY = 8  # judgements read at once
@@ -124,6 +135,7 @@ def build_features(cfg: Config, validate_manifest_id: str) -> Manifest:
     """Write the dataset's feature rows, apply the repository, materialise (when
     ``features.materialize``); returns the "features" manifest (input: ``validate_manifest_id``).
     Idempotent: a rerun writes no new part and returns the same manifest."""
+    t0 = time.monotonic()
     store = ObjectStore.from_config(cfg.storage)
     if stage_of(validate_manifest_id) == "validate":
         gate = load_manifest(store, validate_manifest_id)
@@ -145,5 +157,6 @@ def build_features(cfg: Config, validate_manifest_id: str) -> Manifest:
              "rows": {view: len(rows) for view, rows in data["rows"].items()},
              "parts": parts, "offline_root": offline_root(cfg),
              "project": applied["project"], "online_store": applied["online_store"],
-             "materialized_until": until.isoformat() if until else None}
+             "materialized_until": until.isoformat() if until else None,
+             "seconds": round(time.monotonic() - t0, 2)}
     return writer.close(stats)

@@ -17,8 +17,14 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from components.common.consent import ConsentRecord
-from components.contract import JUDGE_AXES, ConversationJudgement, PairSide, PreferencePair, Turn
 from components.common.featurestore.definitions import EVENT_TIMESTAMP
+from components.contract import (
+    JUDGE_AXES,
+    ConversationJudgement,
+    PairSide,
+    PreferencePair,
+    Turn,
+)
 
 
 def _utc(at: datetime) -> datetime:

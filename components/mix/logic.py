@@ -16,6 +16,7 @@ time is later than it (code ``after_as_of``).
 from __future__ import annotations
 
 import sys
+import time
 from contextlib import redirect_stdout
 from datetime import datetime, timezone
 from typing import Any
@@ -24,9 +25,6 @@ import pandas as pd
 
 from components.common.config import Config
 from components.common.consent import ConsentRegistry
-from components.common.stagekit import ManifestWriter, iter_items, load_manifest
-from components.common.storage import ObjectStore
-from components.contract import ItemError, Manifest
 from components.common.featurestore.definitions import (
     CONVERSATION_STATS,
     EVENT_TIMESTAMP,
@@ -34,7 +32,14 @@ from components.common.featurestore.definitions import (
     PAIR_FEATURES,
     USER_CONSENT,
 )
-from components.common.featurestore.store import feature_store, s3_environment, views_with_rows
+from components.common.featurestore.store import (
+    feature_store,
+    s3_environment,
+    views_with_rows,
+)
+from components.common.stagekit import ManifestWriter, iter_items, load_manifest
+from components.common.storage import ObjectStore
+from components.contract import ItemError, Manifest
 from components.mix.selection import (
     MARGIN,
     SERVING,
@@ -108,6 +113,7 @@ def _value(value: Any) -> Any:
 def build_mix(cfg: Config, features_manifest_id: str, *, as_of: datetime | None = None,
               model_version: str | None = None) -> Manifest:
     """Select the training mix of a features manifest; returns the "mix" manifest."""
+    t0 = time.monotonic()
     store = ObjectStore.from_config(cfg.storage)
     features = load_manifest(store, features_manifest_id)
     if features.stage != "features":
@@ -169,5 +175,6 @@ def build_mix(cfg: Config, features_manifest_id: str, *, as_of: datetime | None 
             1 for p, code, _ in selection.rejects if code == "consent_withdrawn"
             and bool(frame.loc[frame["pair_id"] == p, f"{USER_CONSENT}__granted"].fillna(False)
                      .any()))),
+        "seconds": round(time.monotonic() - t0, 2),
     }
     return writer.close(stats)

@@ -124,7 +124,12 @@ def expired_versions(versions: list[ObjectVersion], prefix_days: dict[str, float
 
 def lifecycle_config(prefix_days: dict[str, float]) -> Any:
     from minio.commonconfig import ENABLED, Filter
-    from minio.lifecycleconfig import Expiration, LifecycleConfig, NoncurrentVersionExpiration, Rule
+    from minio.lifecycleconfig import (
+        Expiration,
+        LifecycleConfig,
+        NoncurrentVersionExpiration,
+        Rule,
+    )
 
     rules = []
     for i, (prefix, days) in enumerate(sorted(prefix_days.items())):

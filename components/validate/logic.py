@@ -21,6 +21,7 @@ critical expectation — the pipeline stops before training.
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,8 +122,11 @@ def _writer(store: ObjectStore, tokenize_manifest_id: str, gate: GateResult) -> 
 
 
 def validate_tables(cfg: Config, chain: ChainTables, *, limits: Limits | None = None,
-                    store: ObjectStore | None = None) -> ValidationOutcome:
-    """Run the gate over ``chain``'s tables and write report, manifest and MLflow run."""
+                    store: ObjectStore | None = None, t0: float | None = None
+                    ) -> ValidationOutcome:
+    """Run the gate over ``chain``'s tables and write report, manifest and MLflow run (``t0``:
+    when the stage started, for its seconds)."""
+    t0 = time.monotonic() if t0 is None else t0
     store = store or ObjectStore.from_config(cfg.storage)
     if limits is None:
         text, audio = resolve_vocab(cfg)
@@ -144,7 +148,8 @@ def validate_tables(cfg: Config, chain: ChainTables, *, limits: Limits | None = 
              "dataset_version": chain.dataset_version, "suites_version": SUITES_VERSION,
              "rows": gate.rows, "notes": chain.notes,
              "limits": {"text_vocab": limits.text_vocab, "audio_card": limits.audio_card,
-                        "pair_type_bounds": limits.bounds()}}
+                        "pair_type_bounds": limits.bounds()},
+             "seconds": round(time.monotonic() - t0, 2)}
     manifest = writer.close(stats)
     assert manifest.manifest_id == manifest_id, (manifest.manifest_id, manifest_id)
     outcome = ValidationOutcome(manifest_id=manifest_id, dataset_version=chain.dataset_version,
@@ -163,9 +168,10 @@ def validate_tables(cfg: Config, chain: ChainTables, *, limits: Limits | None = 
 def validate_dataset(cfg: Config, tokenize_manifest_id: str) -> ValidationOutcome:
     """The gate on the chain of ``tokenize_manifest_id``; report and manifest are written first.
     Call ``.raise_for_critical()`` on the outcome to stop on a critical failure."""
+    t0 = time.monotonic()
     store = ObjectStore.from_config(cfg.storage)
     chain = build_tables(store, tokenize_manifest_id, champion=champion_identity(cfg))
-    return validate_tables(cfg, chain, store=store)
+    return validate_tables(cfg, chain, store=store, t0=t0)
 
 
 def _log_to_mlflow(cfg: Config, outcome: ValidationOutcome, chain: ChainTables, limits: Limits,

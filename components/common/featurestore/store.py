@@ -37,8 +37,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from components.common.config import Config
-from components.common.storage import ObjectStore, _split_endpoint, load_s3_credentials
-from components.contract import Keys
 from components.common.featurestore.definitions import (
     CONVERSATION_STATS,
     CREATED,
@@ -51,6 +49,8 @@ from components.common.featurestore.definitions import (
     Definitions,
     build_definitions,
 )
+from components.common.storage import ObjectStore, _split_endpoint, load_s3_credentials
+from components.contract import Keys
 
 if TYPE_CHECKING:
     from feast import FeatureStore, RepoConfig

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from components.common.consent import ConsentRegistry
-from components.common.stagekit import iter_items, iter_rejects, load_manifest, manifest_chain
+from components.common.stagekit import (
+    iter_items,
+    iter_rejects,
+    load_manifest,
+    manifest_chain,
+)
 from components.common.storage import ObjectStore
 from components.contract import Keys
 from components.erase.logic import erase_user
@@ -71,9 +76,9 @@ def _local_copies(cfg, chain, user: str) -> dict[str, object]:
 def _features(cfg, chain) -> str:
     """Feast offline rows of the chain (components.features) and validate → features manifests
     after tokenize, as the pipeline writes them; returns the features manifest id."""
+    from components.common.featurestore.store import write_rows
     from components.common.stagekit import ManifestWriter
     from components.features.logic import dataset_rows
-    from components.common.featurestore.store import write_rows
 
     store = ObjectStore.from_config(cfg.storage)
     data = dataset_rows(cfg, chain.manifests["tokenize"])

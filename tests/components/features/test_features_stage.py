@@ -10,9 +10,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components.common.stagekit import iter_items, iter_rejects
-from components.common.storage import ObjectStore
-from components.contract import Keys
 from components.common.featurestore import store as fstore
 from components.common.featurestore.definitions import (
     CONVERSATION_STATS,
@@ -20,6 +17,9 @@ from components.common.featurestore.definitions import (
     PAIR_FEATURES,
     USER_CONSENT,
 )
+from components.common.stagekit import iter_items, iter_rejects
+from components.common.storage import ObjectStore
+from components.contract import Keys
 from components.features.logic import build_features
 from components.mix.logic import historical_features
 from tests.components.features.support import feature_chain

@@ -8,15 +8,19 @@ import pandas as pd
 import pytest
 
 from components.common.consent import ConsentRecord
+from components.common.featurestore.definitions import (
+    CONVERSATION_STATS,
+    EVENT_TIMESTAMP,
+    build_definitions,
+)
+from components.common.featurestore.store import arrow_schema, rows_digest
 from components.contract import AxisScore, ConversationJudgement, ReplyJudgement, Turn
-from components.common.featurestore.definitions import CONVERSATION_STATS, EVENT_TIMESTAMP, build_definitions
 from components.features.rows import (
     consent_rows,
     conversation_stats_row,
     judge_margin,
     overlap_seconds,
 )
-from components.common.featurestore.store import arrow_schema, rows_digest
 
 T0 = datetime(2026, 11, 1, 10, tzinfo=timezone.utc)
 
