@@ -294,13 +294,10 @@ def cmd_erase(args: argparse.Namespace) -> int:
 
 
 def cmd_retention(args: argparse.Namespace) -> int:
-    from datetime import datetime
-
     from components.retention.logic import enforce_retention
 
     cfg = _config(args)
-    now = datetime.fromisoformat(args.now) if args.now else None
-    report = enforce_retention(cfg, now=now, dry_run=args.dry_run)
+    report = enforce_retention(cfg, now=_iso(args.now), dry_run=args.dry_run)
     print(json.dumps(report.to_dict() if args.full else report.summary(), default=str))
     return 0
 
