@@ -173,6 +173,14 @@ class Keys:
         """Content-addressed (sha256 of the shard's bytes): identical tensors are stored once."""
         return f"datasets/pairs/shards/{digest}.npz"
 
+    REFERENCE_LOGPS = "train/reference-logps"
+
+    @staticmethod
+    def reference_logps_prefix(dataset_version: str) -> str:
+        """The trainer's cached reference log-probs of one dataset version (erasure deletes or
+        moves them with the version)."""
+        return f"{Keys.REFERENCE_LOGPS}/{dataset_version}/"
+
     @staticmethod
     def feature_prefix(view: str) -> str:
         """Where a Feast feature view's offline rows live (its FileSource reads the folder)."""

@@ -78,7 +78,7 @@ def location_of(key: str, pipeline_root_prefix: str = "") -> str:
     if pipeline_root_prefix and key.startswith(pipeline_root_prefix):
         return "pipeline-root"
     for prefix in ("ledger/privacy/", "ledger/retention/", "cache/judge/",
-                   "train/reference-logps/", "mlflow-artifacts/", "datasets/pairs/"):
+                   f"{Keys.REFERENCE_LOGPS}/", "mlflow-artifacts/", "datasets/pairs/"):
         if key.startswith(prefix):
             return prefix.rstrip("/")
     return key.split("/", 1)[0] if "/" in key else "(bucket root)"

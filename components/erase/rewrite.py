@@ -41,7 +41,6 @@ from components.contract import (
 )
 from components.erase.scan import Identifiers, redact_json
 
-REFERENCE_PREFIX = "train/reference-logps"  # components/train/reference.py PREFIX
 _MANIFEST_KEY = re.compile(r"^manifests/[^/]+/[^/]+\.json$")
 _DATASET_KEY = re.compile(r"^datasets/pairs/([^/]+)/manifest\.json$")
 
@@ -291,13 +290,13 @@ class _Rewriter:
                                                        copy=not removed)
 
     def _reference_logps(self, old: str, new: str, *, copy: bool) -> str:
-        prefix = f"{REFERENCE_PREFIX}/{old}/"
+        prefix = Keys.reference_logps_prefix(old)
         objects = [o for o in self.store.list(prefix) if not o.is_dir]
         if not objects:
             return "none"
         if copy:  # the same pairs: the old version's reference log-probs are still exact
             for o in objects:
-                self.store.copy(o.key, f"{REFERENCE_PREFIX}/{new}/{o.key[len(prefix):]}")
+                self.store.copy(o.key, Keys.reference_logps_prefix(new) + o.key[len(prefix):])
         n = self.store.delete_prefix_all_versions(prefix)
         self.plan.deleted_keys.append({"key": prefix, "versions": n})
         return "copied" if copy else "deleted"

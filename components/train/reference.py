@@ -25,15 +25,17 @@ import numpy as np
 import torch
 
 from components.common.storage import ObjectStore
+from components.contract import Keys
 from components.train.step import score
 from components.train.types import PreferencePolicy, SequenceLogps
 
-PREFIX = "train/reference-logps"
+PREFIX = Keys.REFERENCE_LOGPS
 
 
 def reference_key(dataset_version: str, reference_sha256: str, scoring: dict[str, Any]) -> str:
     body = json.dumps({"ref": reference_sha256, "scoring": scoring}, sort_keys=True)
-    return f"{PREFIX}/{dataset_version}/{hashlib.sha256(body.encode()).hexdigest()[:24]}.npz"
+    return (Keys.reference_logps_prefix(dataset_version)
+            + f"{hashlib.sha256(body.encode()).hexdigest()[:24]}.npz")
 
 
 @dataclass

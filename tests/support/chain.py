@@ -160,10 +160,14 @@ def write_chain(cfg: Config, *, users: dict[str, int] | None = None, seed: int =
                 started_at: datetime = START, serving_model_version: str = "duplexalign-moshi/1",
                 tokenizer_hash: str = "tok-test", codec_hash: str = "codec-test",
                 pair_types: tuple[str, ...] = ("content", "interruption", "silence"),
-                consent: bool = True) -> Chain:
+                consent: bool = True,
+                exchanges: list[tuple[str, str, str]] | None = None) -> Chain:
     """Write the chain for ``users`` (raw id → number of conversations) into cfg's bucket; every
-    user is granted consent in cfg's registry when ``consent``. Returns what was written."""
+    user is granted consent in cfg's registry when ``consent``. ``exchanges``: the (user words,
+    reply, chosen reply) to cycle through instead of EXCHANGES (a test plants a defect in one).
+    Returns what was written."""
     users = users if users is not None else {"alice": 2, "bob": 2, "carol": 1}
+    exchanges = exchanges if exchanges is not None else EXCHANGES
     store = ObjectStore.from_config(cfg.storage)
     store.ensure_bucket(versioning=True)
     key = load_pseudonym_key(cfg.scrub, create=True)
@@ -183,7 +187,7 @@ def write_chain(cfg: Config, *, users: dict[str, int] | None = None, seed: int =
     for u, (raw, count) in enumerate(users.items()):
         for k in range(count):
             cid = f"conv-{seed}-{raw}-{k}"
-            exchange = EXCHANGES[(u + k) % len(EXCHANGES)]
+            exchange = exchanges[(u + k) % len(exchanges)]
             user_words = _words(exchange[0], 0.5, 2.5) + _words(exchange[0], 6.0, 8.0)
             model_words = _words(exchange[1], 3.0, 4.5) + _words(exchange[1], 8.6, 10.0)
             duration = 12.0
@@ -265,7 +269,7 @@ def write_chain(cfg: Config, *, users: dict[str, int] | None = None, seed: int =
         for reply in judgement.replies:
             pair_type = {"factual_accuracy": "content", "interruption": "interruption",
                          "unresponsiveness": "silence"}[reply.problems[0]]
-            exchange = next(e for e in EXCHANGES if e[0] == reply.request)
+            exchange = next(e for e in exchanges if e[0] == reply.request)
             rejected, chosen, fixes = _sides(pair_type, reply.user_end or 0.0, reply.request,
                                              exchange[1], exchange[2])
             pair_id = hashlib.sha256(f"{item.conversation_id}:{reply.index}:{pair_type}:"

@@ -1,5 +1,7 @@
-"""The matcher and the object-text extraction of the erasure (no services), and the cache entries
-of the OpenAI-compatible judge and composer recording their conversation (so erasure finds them)."""
+"""The matcher and the object-text extraction of the erasure (no services). That cache entries
+record their conversation (so erasure finds them) is tested where they are written, against real
+endpoints and the live store: tests/components/judge/test_judge_stage.py and
+tests/components/pairs/test_pairs_llm.py."""
 
 from __future__ import annotations
 
@@ -78,57 +80,3 @@ def test_parents_first_and_remap():
     assert remap_strings({"report": f"s3://b/reports/validate/{old}/v.html", "x": "ax"},
                          {old: new, "x": "z"}) == \
         {"report": f"s3://b/reports/validate/{new}/v.html", "x": "ax"}
-
-
-class _MemoryStore:
-    def __init__(self):
-        self.objects = {}
-
-    def exists(self, key):
-        return key in self.objects
-
-    def get_json(self, key):
-        return self.objects[key]
-
-    def put_json(self, key, obj, metadata=None):
-        self.objects[key] = obj
-
-
-def test_chat_cache_entry_records_the_conversation(monkeypatch):
-    from components.common.llm import ChatClient, ContentCache
-
-    store = _MemoryStore()
-    client = ChatClient("http://127.0.0.1:9/v1", "m", cache=ContentCache(store, "ns"))
-    monkeypatch.setattr(client, "_with_retries", lambda body, schema: {"reply": "hi"})
-    schema = {"type": "object", "properties": {"reply": {"type": "string"}}}
-    client.complete_json([{"role": "user", "content": "x"}], schema, "r",
-                         meta={"conversation_id": "conv-1"})
-    (entry,) = store.objects.values()
-    assert entry["conversation_id"] == "conv-1" and entry["answer"] == {"reply": "hi"}
-    client.close()
-
-
-def test_openai_judge_and_llm_composer_pass_the_conversation():
-    from components.judge.backends.base import JudgeRequest
-    from components.judge.backends.openai_http import OpenAIJudge
-    from components.pairs.compose import ComposeRequest, LlmComposer
-
-    seen = []
-
-    class FakeClient:
-        endpoint, model, concurrency = "http://h/v1", "m", 1
-
-        def complete_json(self, messages, schema, name="answer", meta=None):
-            seen.append(meta)
-            if name == "pairs_rewrite":
-                return {"reply": "a better reply"}
-            return {a: {"score": 4, "rationale": "ok"} for a in schema["properties"]}
-
-    judge = OpenAIJudge(FakeClient())
-    judge.score_one(JudgeRequest(conversation_id="conv-1", reply_index=2, context="",
-                                 request="q", reply="a"))
-    LlmComposer(FakeClient(), "m", 20).compose(ComposeRequest(
-        request="q", rejected="a", problems=("helpfulness",), passages=(),
-        conversation_id="conv-1"))
-    assert seen[0]["conversation_id"] == "conv-1" and seen[0]["reply_index"] == 2
-    assert seen[1] == {"conversation_id": "conv-1"}

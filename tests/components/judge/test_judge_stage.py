@@ -248,3 +248,6 @@ def test_judge_failures_are_recorded_and_never_selected(stage_cfg, stage_store, 
     assert run.manifest.stats["judge_failures"] == 1 and j.backend.startswith("openai:")
     # one try + one retry for the garbled reply, one call for the rude one; never the third
     assert _ScriptedEndpoint.calls == ["garble garble garble"] * 2 + ["Ugh fine it is $35"]
+    # every cached answer names the conversation it is about: erasure finds it by that
+    cached = [s.get_json(o.key) for o in s.list("cache/judge/")]
+    assert cached and {entry["conversation_id"] for entry in cached} == {"conv-f"}

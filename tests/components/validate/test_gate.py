@@ -165,24 +165,6 @@ def test_tensor_row() -> None:
     assert row["text_min"] == -1 and row["rows"] == row["expected_rows"] == 9
 
 
-def test_champion_identity_from_the_registry_tags(monkeypatch) -> None:
-    from components.model import registry
-    from components.validate.logic import champion_identity
-
-    cfg = Config()
-    monkeypatch.setattr(registry, "registry_ref", lambda cfg, source: registry.RegistryRef(
-        "duplexalign-moshi", "3", {"tokenizer_hash": "tok", "codec_hash": "codec"}))
-    assert champion_identity(cfg) == ("tok", "codec")
-
-    def missing(cfg, source):
-        raise registry.ModelNotRegistered("no champion")
-
-    monkeypatch.setattr(registry, "registry_ref", missing)
-    assert champion_identity(cfg) is None
-    cfg.validation.compare_champion = False
-    assert champion_identity(cfg) is None
-
-
 def test_docs_list_every_expectation() -> None:
     from pathlib import Path
 

@@ -5,6 +5,7 @@ manifest written first; reruns are idempotent."""
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 
@@ -75,13 +76,12 @@ def test_clean_chain_passes_and_rerun_is_idempotent(cfg) -> None:
     assert len(versions) == 1
 
 
-def test_raw_phone_number_in_a_transcript_stops_the_gate(cfg, monkeypatch, capsys) -> None:
+def test_raw_phone_number_in_a_transcript_stops_the_gate(cfg, capsys) -> None:
     phone = "555-867-5309"
     exchanges = list(chain_module.EXCHANGES)
     exchanges[0] = (f"my number is {phone} what is the capital of france",
                     *exchanges[0][1:])
-    monkeypatch.setattr(chain_module, "EXCHANGES", exchanges)
-    chain = write_chain(cfg, users={"alice": 1, "bob": 1})
+    chain = write_chain(cfg, users={"alice": 1, "bob": 1}, exchanges=exchanges)
     outcome = validate_dataset(cfg, chain.manifests["tokenize"])
     assert outcome.stopped
     assert "texts.no_phone" in outcome.critical_failed
@@ -112,13 +112,12 @@ def test_raw_phone_number_in_a_transcript_stops_the_gate(cfg, monkeypatch, capsy
     assert "texts.no_phone" in err and "STOPPED" in err
 
 
-def test_kfp_component_writes_the_html_artefact_before_failing(cfg, monkeypatch, tmp_path) -> None:
+def test_kfp_component_writes_the_html_artefact_before_failing(cfg, tmp_path) -> None:
     from components.validate.component import validate_op
 
     exchanges = list(chain_module.EXCHANGES)
     exchanges[0] = ("mail me at jane.doe@example.com please", *exchanges[0][1:])
-    monkeypatch.setattr(chain_module, "EXCHANGES", exchanges)
-    chain = write_chain(cfg, users={"alice": 1})
+    chain = write_chain(cfg, users={"alice": 1}, exchanges=exchanges)
     overrides = {k: v for k, v in flatten(json.loads(cfg.to_json())).items()
                  if k.split(".")[0] in ("storage", "mlflow", "validation")}
 
@@ -147,3 +146,23 @@ def test_champion_tokenizer_and_vocabulary_are_checked(cfg) -> None:
     outcome = validate_tables(cfg, tables, store=store)
     assert sorted(outcome.critical_failed) == ["identity.tokenizer_hash_consistent",
                                                "tensors.text_ids_in_vocab"]
+
+
+def test_champion_identity_comes_from_the_registry(stage_cfg, ci_cfg, tokenizer, codec,
+                                                   tmp_path) -> None:
+    """The stream identity the gate compares the dataset with is the one MLflow's registry
+    records for the policy source's version (a tiny checkpoint registered for real)."""
+    from components.model.registry import register_model
+    from components.validate.logic import champion_identity
+    from tests.components.train.synthetic import tiny_checkpoint
+
+    cfg = stage_cfg.model_copy(deep=True)
+    cfg.model.registered_name = f"t-validate-{uuid.uuid4().hex[:8]}"
+    cfg.model.cache_dir = str(tmp_path / "lm-cache")
+    cfg.streams = ci_cfg.streams.model_copy()
+    assert champion_identity(cfg) is None  # nothing registered under this name yet
+    folder = tiny_checkpoint(tmp_path / "champion", tokenizer, codec)
+    register_model(cfg, folder, metrics={}, params={}, alias="champion", run_name="champion")
+    assert champion_identity(cfg) == (tokenizer.hash, codec.hash)
+    cfg.validation.compare_champion = False
+    assert champion_identity(cfg) is None
