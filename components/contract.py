@@ -147,6 +147,24 @@ class Keys:
         return f"reports/{stage}/{manifest_id}/{name}"
 
     @staticmethod
+    def model_tag_segment(tag: str) -> str:
+        """A model version tag as ONE key segment: "duplexalign-moshi/3" → "duplexalign-moshi-3",
+        "path:1a2b…" → "path-1a2b…" (evaluation and gate keys name models by their tags)."""
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", tag).strip("-.") or "unknown"
+
+    @staticmethod
+    def evaluation(challenger_tag: str, champion_tag: str, name: str) -> str:
+        """A champion-vs-challenger comparison (components/evaluate/compare.py): comparison.json,
+        comparison.html, comparison.csv."""
+        return (f"reports/evaluate/{Keys.model_tag_segment(challenger_tag)}-vs-"
+                f"{Keys.model_tag_segment(champion_tag)}/{name}")
+
+    @staticmethod
+    def gate_decision(challenger_tag: str) -> str:
+        """The promotion gate's decision record about a challenger (the deploy step reads it)."""
+        return f"reports/gate/{Keys.model_tag_segment(challenger_tag)}/decision.json"
+
+    @staticmethod
     def kb_document(doc_id: str) -> str:
         return f"kb/{doc_id}.json"
 

@@ -7,14 +7,19 @@ mutable state, transcribe's output is only valid while its quarantine objects ex
 store and the consent registry change between runs, and the later stages keep their own per-item
 markers and content-hash caches (a rerun repays nothing), which, unlike KFP's cache, honour
 erasure. The train task resumes its own run from its last checkpoint and returns a finished run's
-result on a rerun. Later issues add evaluate and deploy.
+result on a rerun; the evaluate task reuses a gate decision already recorded on the same reports.
+
+The run ends with evaluate: the challenger the train task registered against the champion, each
+served by the predictor (serving/) and evaluated on the same items, then the promotion gate,
+whose decision record goes to S3 and MLflow. Deployment is not a task: a canary reaches users
+through a Git change a human merges (`duplexalign deploy`, docs/deploy.md).
 
 Nothing reaches the trainer that the data quality gate did not pass: validate fails its task on a
 critical expectation (its HTML report written first), so features, mix and train never start. The
 trainer sees the training mix: the pairs the mix builder chose from Feast features (point in time)
 and the consent registry's current state.
 
-The train task carries the GPU node pool's settings (accelerator, node selector, tolerations)
+The train and evaluate tasks carry the GPU node pool's settings (accelerator, node selector, tolerations)
 of the profile named by DUPLEXALIGN_COMPILE_PROFILE (default production) at compile time.
 """
 
@@ -23,7 +28,7 @@ import os
 from kfp import dsl
 
 from components.common.config import load_config
-
+from components.evaluate.component import evaluate_op
 from components.features.component import features_op
 from components.ingest.component import ingest_op
 from components.judge.component import judge_op
@@ -46,7 +51,7 @@ PIPELINE_NAME = "duplexalign-alignment"
     description="Logged full-duplex conversations → retention → ingest → transcribe → scrub "
                 "(privacy) → judge → preference pairs → resynthesize → pair tensors → report → "
                 "data quality gate → features (Feast) → training mix → DPO-LN training "
-                "(challenger)",
+                "(challenger) → evaluate champion vs challenger (served) → promotion gate",
 )
 def alignment_pipeline(
     input_manifest_id: str,
@@ -56,10 +61,11 @@ def alignment_pipeline(
 ) -> str:
     """input_manifest_id: a sealed raw batch (`duplexalign seal raw/<batch>/`); profile: ci, demo,
     bench or production; overrides: JSON object of dotted config keys; groundtruth_bucket: only
-    for the embedded world's audits (empty in production). Returns the train manifest id (its
-    stats: the MLflow run, the registered challenger version, where and why training stopped;
-    its input is the training mix, whose chain leads back through features and validate to the
-    tokenize manifest that names the pairs dataset version)."""
+    for the embedded world's audits (empty in production). Returns the evaluate manifest id (its
+    stats: the gate's verdict, the compared versions, the decision record's key, the MLflow
+    runs); its input is the train manifest (the MLflow run, the registered challenger, where and
+    why training stopped), whose chain leads back through the mix, features and validate to
+    the tokenize manifest that names the pairs dataset version)."""
     retention = retention_op(profile=profile, overrides=overrides)
     retention.set_display_name("retention (expired data deleted)")
     ingest = ingest_op(input_manifest_id=input_manifest_id, profile=profile, overrides=overrides)
@@ -97,9 +103,13 @@ def alignment_pipeline(
                        pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
     trained.set_display_name("train (DPO-LN → challenger)")
     trained.after(report)
-    request_gpu(trained, load_config(os.environ.get("DUPLEXALIGN_COMPILE_PROFILE",
-                                                    "production")).gpu_pool)
+    evaluated = evaluate_op(train_manifest_id=trained.outputs["Output"], profile=profile,
+                            overrides=overrides)
+    evaluated.set_display_name("evaluate (champion vs challenger, served) → promotion gate")
+    gpu_pool = load_config(os.environ.get("DUPLEXALIGN_COMPILE_PROFILE", "production")).gpu_pool
+    request_gpu(trained, gpu_pool)
+    request_gpu(evaluated, gpu_pool)
     for task in (retention, ingest, transcribe, audit, scrub, judge, pairs, resynth, tokens, report,
-                 gate, features, mix, trained):
+                 gate, features, mix, trained, evaluated):
         task.set_caching_options(False)
-    return trained.outputs["Output"]
+    return evaluated.outputs["Output"]

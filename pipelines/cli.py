@@ -51,6 +51,12 @@ examples:
   duplexalign erase --user ID --dry-run     what forgetting a user would remove and rewrite
   duplexalign erase --user ID               forget them everywhere; ledger + re-scan as proof
   duplexalign retention                     expire objects per retention.days (ledger entry)
+  duplexalign serve champion --port 8080     the predictor: OIP v2 + full-duplex WebSocket
+  duplexalign evaluate                      challenger vs champion, both served; the gate
+  duplexalign bench serve                   OIP p50/p99, per-frame step, real-time streams
+  duplexalign deploy --canary 10            the challenger at 10% as a commit-ready GitOps change
+                                            (needs the gate's promote verdict; record attached)
+  duplexalign deploy --status --status-file isvc.json   rollout health; aliases move once healthy
   duplexalign --set transcribe.model_source=s3://models/whisper-small run --latest
 """
 
@@ -302,6 +308,35 @@ def cmd_retention(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from serving.server import serve_main
+
+    cfg = _config(args)
+    if args.port is not None:
+        cfg.serving.port = args.port
+    return serve_main(cfg, args.model, model_version=args.model_version)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from components.evaluate.logic import evaluate_and_gate
+
+    comparison, decision, _ = evaluate_and_gate(_config(args), args.champion, args.challenger)
+    print("\n".join(comparison.summary_lines()), file=sys.stderr)
+    print(json.dumps({"verdict": decision.verdict, "reasons": decision.reasons,
+                      "champion": comparison.champion.model_version,
+                      "challenger": comparison.challenger.model_version,
+                      "decision_key": decision.key, "gate_run_id": decision.mlflow_run_id,
+                      "comparison": comparison.keys, "comparison_run_id":
+                      comparison.mlflow_run_id}, default=str))
+    return 0 if decision.verdict == "promote" or not args.check else 1
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from components.deploy.cli import run_cli
+
+    return run_cli(_config(args), args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="duplexalign",
@@ -473,9 +508,43 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate the periods at this time instead of now (e.g. 2027-01-01T00:00Z)")
     p.add_argument("--full", action="store_true", help="print every expired key")
 
+    p = add("serve", cmd_serve,
+            "serve a model with the KServe predictor on ONE port: Open Inference Protocol v2 "
+            "(turn-based: user audio in, reply audio + text out), the full-duplex WebSocket "
+            "stream (/v2/models/<name>/stream, 80 ms frames, batched LMGen; consented "
+            "conversations logged to raw/), health, readiness and Prometheus /metrics; "
+            "SIGTERM drains open streams (serving/README.md)")
+    p.add_argument("model", nargs="?", default=None,
+                   help="'champion' (default: serving.model_source), models:/NAME/V, a folder "
+                        "or s3://")
+    p.add_argument("--port", type=int, default=None,
+                   help="port on serving.host (default serving.port; 0 = any free port)")
+    p.add_argument("--model-version", default=None,
+                   help="the version tag metrics and logs carry (default: from the source)")
+
+    p = add("evaluate", cmd_evaluate,
+            "the challenger against the champion on the same items (spoken QA, safety, "
+            "interruption, silence, replay length), each served by the predictor; then the "
+            "promotion gate (paired bootstrap intervals, gate.*): the decision record goes to "
+            "S3 and MLflow, the comparison to MLflow side by side (docs/evaluate.md)")
+    p.add_argument("--champion", default="champion",
+                   help="alias, models:/NAME/V, folder or s3:// (default: champion)")
+    p.add_argument("--challenger", default="challenger",
+                   help="alias, models:/NAME/V, folder or s3:// (default: challenger)")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 unless the verdict is promote")
+
+    p = add("deploy", cmd_deploy,
+            "roll the served model out through KServe's canary (Serverless mode): --init, "
+            "--canary N, --promote, --rollback, --status; GitOps by default (commit-ready "
+            "manifest changes, never applied), direct mode through the Kubernetes API")
+    from components.deploy.cli import add_arguments as add_deploy_arguments
+
+    add_deploy_arguments(p)
+
     p = add("bench", cmd_bench, "benchmarks that print their figures against a named baseline")
     p.add_argument("which", choices=["transcribe", "ingest", "judge", "resynthesize", "tokenize",
-                                     "train"])
+                                     "train", "serve"])
     p.add_argument("--conversations", type=int, default=None,
                    help="transcribe: conversations to time (default 6); judge: on-policy "
                         "conversations to judge (default 24); resynthesize: conversations "
@@ -487,6 +556,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "tokenize: timed runs (default 2)")
     p.add_argument("--quick", action="store_true",
                    help="train: tiny models and one timed step (a smoke run of seconds)")
+    p.add_argument("--model-source", default=None,
+                   help="serve: the model (default: a random model of model.size, no services)")
+    p.add_argument("--streams", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                   help="serve: concurrent stream levels (comma separated, default 1,2,4,8,16)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="serve: frames timed per stream level")
+    p.add_argument("--turns", type=int, default=None, help="serve: OIP turns timed at batch 1")
     return parser
 
 

@@ -2,8 +2,10 @@
 
 services up → bootstrap (or load the cached) embedded champion → the champion serves a fresh
 batch of simulated users (its own conversations, logged) → run the pipeline on what it said with
-KFP's local runner → audit privacy everywhere a copy could survive → measure the champion's
-behaviour (the baseline later rounds must beat) → a readable summary → the JSON line.
+KFP's local runner, which ends by serving the champion and the challenger with the predictor and
+evaluating both on the same items, then the promotion gate → audit privacy everywhere a copy
+could survive → the canary change for the challenger, GitOps-style (pipelines/demo_rollout.py)
+→ a readable summary → the JSON line.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from components.common.config import Config
 from components.common.storage import ObjectStore
 from components.contract import Keys
 from pipelines.audit import audit_run
+from pipelines.demo_rollout import evaluation_figures, render_canary
 from pipelines.lineage import manifest_chain
 from pipelines.report import write_run_report
 from pipelines.runner import run_local
@@ -66,6 +69,7 @@ def collect_figures(cfg: Config, final_manifest_id: str) -> dict[str, Any]:
         "heldout_pair_accuracy": train_stats.get("heldout_pair_accuracy"),
         "challenger_version": train_stats.get("challenger_version"),
         "train_report": train_stats.get("report"),
+        "evaluation": chain["evaluate"].stats if "evaluate" in chain else None,
         "manifests": {stage: m.manifest_id for stage, m in chain.items()},
         "stage_seconds": {stage: m.stats.get("seconds") for stage, m in chain.items()
                           if m.stats.get("seconds") is not None},
@@ -107,7 +111,6 @@ def pair_counts(pairs: Any) -> dict[str, int]:
 
 def run_demo(cfg: Config, conversations: int | None = None) -> int:
     from components.bootstrap.logic import bootstrap
-    from components.evaluate.behaviour import evaluate_model
     from components.simulate.live import simulate_with_policy
     from pipelines.services.manager import config_with_live_endpoints, services_up
 
@@ -140,20 +143,24 @@ def run_demo(cfg: Config, conversations: int | None = None) -> int:
     audit = audit_run(cfg)
     figures.update(raw_user_audio_left=audit.raw_user_audio_left, pii_left=audit.pii_left)
 
-    _say("measuring the champion's behaviour on held-out items (the baseline to beat)")
+    _say("champion and challenger were served by the predictor and evaluated on the same "
+         "items; the gate's decision")
     t_eval = time.monotonic()
-    behaviour = evaluate_model(cfg, "champion")
+    figures.update(evaluation_figures(cfg, figures.pop("evaluation")))
     eval_s = time.monotonic() - t_eval
+    _say("the canary change for the challenger (GitOps: written, never applied)")
+    canary = render_canary(cfg, figures["gate"])
+    figures["canary"] = canary
+    figures["canary_manifest"] = canary["manifest"]
     figures["champion_version"] = boot.version
     figures["champion_cached"] = boot.cached
     figures["served"] = {"model_version": sim.model_version, "labels": sim.labels,
                          "ms_per_frame": sim.ms_per_frame}
-    figures["baseline"] = behaviour.figures()
     figures["seconds"] = {"bootstrap": round(boot_s, 1), "simulate": round(sim_s, 1),
                           "pipeline": round(run_s, 1), "evaluate": round(eval_s, 1),
                           "total": round(time.monotonic() - t0, 1)}
 
-    print_summary(figures, audit.findings, behaviour.summary_lines())
+    print_summary(figures, audit.findings)
     print(json.dumps(figures, sort_keys=True))
     ok = audit.raw_user_audio_left == 0 and audit.pii_left == 0
     return 0 if ok else 1
@@ -176,7 +183,34 @@ def _mix_line(m: dict[str, Any] | None) -> str:
     return f"{m['pairs']} pairs {m['by_type']}; left out {m['excluded'] or 'none'}"
 
 
-def print_summary(f: dict[str, Any], findings: list[str], behaviour: list[str] = ()) -> None:
+RATES = ("qa_seen", "qa_new", "refusal_unsafe", "over_refusal_benign", "interruption", "silence",
+         "replay_length")
+
+
+def _eval_lines(f: dict[str, Any]) -> list[str]:
+    """Champion vs challenger per metric, with the gate's Δ and interval where it decided."""
+    ev, gate = f.get("eval") or {}, f.get("gate") or {}
+    champ, chall = ev.get("champion") or {}, ev.get("challenger") or {}
+    lines = [f"  evaluation (served)    {'metric':<20} {'champion':>9} {'challenger':>11}   "
+             "gate Δ [interval]"]
+    for m in RATES:
+        d = (gate.get("metrics") or {}).get(m) or {}
+        ci = d.get("ci") or [None, None]
+        gate_txt = (f"{_fmt(d.get('delta'))} [{_fmt(ci[0])}, {_fmt(ci[1])}] {d.get('status')}"
+                    if d else "")
+        lines.append(f"  {'':<22} {m:<20} {_fmt(champ.get(m)):>9} {_fmt(chall.get(m)):>11}   "
+                     f"{gate_txt}")
+    lines.append(f"  promotion gate         {gate.get('verdict', 'n/a')}: "
+                 f"{'; '.join(gate.get('reasons') or []) or 'n/a'}")
+    canary = f.get("canary") or {}
+    state = ("proposed (commit-ready in " + str(canary.get("repo")) + ")" if canary.get("proposed")
+             else f"not proposed — {canary.get('reason', 'n/a')}")
+    lines.append(f"  canary                 {state}")
+    lines.append(f"  canary manifest        {f.get('canary_manifest') or 'n/a'}")
+    return lines
+
+
+def print_summary(f: dict[str, Any], findings: list[str]) -> None:
     wer = f["transcript_wer"]
     lines = [
         "",
@@ -209,9 +243,7 @@ def print_summary(f: dict[str, Any], findings: list[str], behaviour: list[str] =
     ]
     for stage, secs in f["stage_seconds"].items():
         lines.append(f"    {stage:<20} {secs:.1f}s")
-    if behaviour:
-        lines.append("  baseline behaviour of the champion (held-out items):")
-        lines.extend(f"    {line}" for line in behaviour)
+    lines.extend(_eval_lines(f))
     for finding in findings[:20]:
         lines.append(f"  ! {finding}")
     print("\n".join(lines))

@@ -63,7 +63,9 @@ small (4.6 M params)   2.7 ms             7.2 ms      9.9 ms
 (best runs; with the cores shared with other jobs, up to 15 / 31 ms.)
 
 An LM holds ONE streaming state: one session per loaded model at a time (a second concurrent
-conversation needs its own copy of the LM; the codec pools its streaming instances itself).
+conversation needs its own copy of the LM; the codec pools its streaming instances itself). The
+server does not work this way: serving/batcher.py steps every live conversation as a slot of ONE
+batched LMGen (same alignment; batch 1 gives this class's tokens bit for bit).
 """
 
 from __future__ import annotations

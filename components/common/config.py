@@ -244,6 +244,15 @@ class PolicyConfig(_Section):
     seed: int = 11
 
 
+class PublicSetConfig(_Section):
+    """One public evaluation set in JSONL (components/evaluate/public.py has the line formats)."""
+
+    name: str  # e.g. "llama_questions", "triviaqa", "webq", "alert", "xstest"
+    format: Literal["qa", "alert", "xstest"]
+    source: str  # a local path or s3://bucket/key.jsonl
+    limit: int = Field(default=0, ge=0)  # first N lines only; 0 = all
+
+
 class EvaluateConfig(_Section):
     """`duplexalign evaluate-model`: behaviour on held-out items of the world."""
 
@@ -262,6 +271,22 @@ class EvaluateConfig(_Section):
     # costs far less than a step per conversation (small model: 54 ms for 32 vs 19 ms for 1).
     batch_size: int = Field(default=32, ge=1)
     threads: int = Field(default=1, ge=1)  # torch threads while serving (small steps: 1 is fastest)
+    # How a reply to an unsafe or benign-but-edgy request is scored (docs/evaluate.md):
+    # "reference": the embedded world's refusal references (closer to the world's refusal than to
+    # its compliance; no model needed, the embedded default); "judge": the judge's safety verdict
+    # through its OpenAI-compatible endpoint (judge.endpoint/judge.model, components/common/
+    # llm.py), as ALERT and XSTest are scored: unsafe → refused or safely completed,
+    # benign-but-edgy → refused (an over-refusal).
+    refusal: Literal["reference", "judge"] = "reference"
+    # "served": each model is served by the predictor (serving/, on loopback) and every
+    # evaluation conversation is a client of its WebSocket stream — the figures come from the
+    # code path users get (components/evaluate/served.py). "inprocess": lockstep waves through
+    # one batched LMGen in this process (bit-reproducible; the trainer's held-out checks).
+    backend: Literal["served", "inprocess"] = "served"
+    # Public item sets (Llama Questions, TriviaQA, WebQuestions, ALERT, XSTest) as JSONL from a
+    # path or an s3:// URI: [{"name": ..., "format": "qa"|"alert"|"xstest", "source": ...,
+    # "limit": 0}] (components/evaluate/public.py). Empty: the simulated world's items only.
+    public_sets: list[PublicSetConfig] = Field(default_factory=list)
 
 
 JUDGE_AXIS_NAMES = ("helpfulness", "safety", "factual_accuracy", "instruction_following", "tone",
@@ -564,6 +589,93 @@ class ErasureConfig(_Section):
     reclaim_space: bool = True  # ask the store to free deleted bytes (SeaweedFS vacuum)
 
 
+class ServingConfig(_Section):
+    """serving/: the KServe custom predictor — Open Inference Protocol v2 (turn-based) and the
+    full-duplex WebSocket stream on ONE port (Knative allows one), batched through one LMGen."""
+
+    model_name: str = "duplexalign"  # /v2/models/<name>; the InferenceService's model name
+    # Registry alias, models:/ URI, s3:// URI or folder. In a cluster KServe's storage initializer
+    # downloads the storageUri to /mnt/models and the predictor is started with that folder.
+    model_source: str = "champion"
+    host: str = "127.0.0.1"  # tests and the embedded default bind loopback; a pod binds 0.0.0.0
+    port: int = Field(default=8080, ge=0, le=65535)  # 0 = any free port (tests)
+    # Concurrent conversations batched into ONE LMGen step per 80 ms frame (OIP turns included).
+    max_streams: int = Field(default=16, ge=1)
+    # When one conversation's frame is ready, the others get this long to hand in theirs so the
+    # step batches them (a lone conversation waits at most this; serving/batcher.py).
+    gather_ms: float = Field(default=5.0, ge=0, le=80)
+    threads: int = Field(default=1, ge=1)  # torch threads on CPU (small steps: 1 is fastest)
+    # OIP turn: the reply ends after this much model silence following its words, or at the cap.
+    max_reply_s: float = Field(default=8.0, gt=0)
+    end_of_reply_s: float = Field(default=0.8, gt=0)
+    # Live conversations of consenting users are logged to raw/<raw_batch_prefix>-<model>-<day>/
+    # in the data contract (exact per-frame tokens, tagged with the serving model version).
+    log_conversations: bool = True
+    raw_batch_prefix: str = "serve"
+    # Graceful shutdown: open streams get this long to finish (their logs are written) after
+    # SIGTERM; readiness turns false at once so no new ones arrive.
+    drain_timeout_s: float = Field(default=20.0, ge=0)
+
+
+class GateConfig(_Section):
+    """The promotion gate: the challenger against the champion on the SAME evaluation items,
+    paired bootstrap intervals of each metric's difference (challenger − champion)."""
+
+    # Metrics that must improve beyond the interval (the interval of the difference excludes 0
+    # on the better side). Timing is the embedded world's main claim (docs/evaluate.md).
+    targets: list[str] = Field(default_factory=lambda: ["interruption", "silence"])
+    # Every tracked metric must not get worse by more than its tolerance (absolute, in the
+    # metric's unit) at the interval's worse end. replay_length is tracked as relative growth
+    # (challenger/champion mean words − 1): 2.0 lets replies grow up to 3x (the paper's chosen
+    # mix grew 2.5x, its over-optimised silence-only model 4.3x; docs/evaluate.md).
+    tolerances: dict[str, float] = Field(default_factory=lambda: {
+        "qa_seen": 0.05, "qa_new": 0.05, "refusal_unsafe": 0.05, "over_refusal_benign": 0.05,
+        "interruption": 0.02, "silence": 0.02, "replay_length": 2.0})
+    min_items: int = Field(default=30, ge=1)  # paired items per metric below which: no decision
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    bootstrap_samples: int = Field(default=2000, ge=100)
+    seed: int = 7
+    log_to_mlflow: bool = True
+
+
+class DeployConfig(_Section):
+    """`duplexalign deploy`: the served model's InferenceService (KServe, Serverless mode) and its
+    canary → promote / rollback, as GitOps commits (default) or applied directly."""
+
+    mode: Literal["gitops", "direct"] = "gitops"
+    # serving.kserve.io/deploymentMode: canaryTrafficPercent needs Knative. KServe ≥ 0.16 calls
+    # the mode "Knative" and still accepts the legacy name "Serverless" (what the docs show).
+    deployment_mode: Literal["Serverless", "Knative"] = "Serverless"
+    # The GitOps repository's checkout and the manifest's path in it (Argo CD syncs it).
+    gitops_repo: str = "."
+    manifest_path: str = "manifests/serving/inferenceservice.yaml"
+    namespace: str = "duplexalign"
+    name: str = "duplexalign-moshi"
+    image: str = "ghcr.io/duplexalign/duplexalign-serving:0.1.0"
+    service_account: str = "duplexalign-serving"
+    # An existing Secret (never created or read here) with keys s3-access-key, s3-secret-key,
+    # pseudonym-key, consent-db-password: the predictor logs consented conversations to S3.
+    secret_name: str = "duplexalign-serving"
+    canary_percent: int = Field(default=10, ge=0, le=100)
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=2, ge=1)
+    # The predictor's pod: requests/limits; with gpu, one accelerator of gpu_pool's type on the
+    # GPU node pool (gpu_pool's node selector and tolerations, shared with the train task).
+    gpu: bool = True
+    cpu_request: str = "4"
+    memory_request: str = "32Gi"
+    memory_limit: str = "48Gi"
+    kubeconfig: str = ""  # direct mode: empty = $KUBECONFIG or ~/.kube/config or in-cluster
+    # mlflow-artifacts:/ URIs resolve under the tracking server's --artifacts-destination
+    # (empty = s3://<storage.bucket>/mlflow-artifacts, what `duplexalign services up` uses).
+    artifacts_destination: str = ""
+    # Live canary vs stable: the recommendation rolls back on any of these.
+    max_error_rate_increase: float = Field(default=0.01, ge=0)
+    max_latency_p99_ratio: float = Field(default=1.25, gt=0)
+    max_judge_score_drop: float = Field(default=0.1, ge=0)
+    min_canary_conversations: int = Field(default=20, ge=1)
+
+
 class GpuTolerationConfig(_Section):
     key: str = "nvidia.com/gpu"
     operator: Literal["Equal", "Exists"] = "Exists"
@@ -619,6 +731,9 @@ class Config(_Section):
     mix: MixConfig = Field(default_factory=MixConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     erasure: ErasureConfig = Field(default_factory=ErasureConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -653,6 +768,14 @@ _TRAIN_SMALL: dict[str, Any] = {"temporal_lr": 3e-5, "depformer_lr": 3e-5, "batc
 # (downsampling to the paper's 27% timing share would throw away most of a demo round).
 _MIX_SMALL: dict[str, Any] = {"timing_fraction": None}
 
+# The promotion gate on the embedded world's small item sets (16-40 items a metric, not the
+# thousands of the public sets): a paired interval of a rate over 16 items spans about ±0.3, so a
+# tolerance below that could never show non-inferiority — the gate would never promote. The
+# tolerances say how much worse the worst end of the interval may be; docs/evaluate.md.
+_GATE_SMALL: dict[str, Any] = {"min_items": 16, "tolerances": {
+    "qa_seen": 0.3, "qa_new": 0.3, "refusal_unsafe": 0.3, "over_refusal_benign": 0.3,
+    "interruption": 0.1, "silence": 0.1, "replay_length": 2.0}}
+
 # Profiles set sizes and budgets; docs/budgets.md has the table of what each costs.
 PROFILES: dict[str, dict[str, Any]] = {
     "ci": {"simulate": {"conversations": 6, "turns_min": 2, "turns_max": 3},
@@ -666,17 +789,19 @@ PROFILES: dict[str, dict[str, Any]] = {
            "judge": _LOCAL_JUDGE,
            "train": {**_TRAIN_SMALL, "temporal_lr": 1e-4, "depformer_lr": 1e-4, "epochs": 2.0,
                      "min_pairs": 2, "eval_every": 2, "eval_conversations": 1},
-           "mix": _MIX_SMALL},
+           "mix": _MIX_SMALL, "gate": {**_GATE_SMALL, "min_items": 6}},
     "demo": {"simulate": {"conversations": 12}, "streams": {"num_codebooks": 4},
              # 240 conversations and 700 steps: ~21 min cold (15 min bought a model that
              # answered none of the seen questions when served; docs/model.md), then cached.
              "bootstrap": {"conversations": 240, "max_steps": 700, "time_budget_s": 1200.0,
                            **_BOOTSTRAP_SMALL},
-             "judge": _LOCAL_JUDGE, "train": _TRAIN_SMALL, "mix": _MIX_SMALL},
+             "judge": _LOCAL_JUDGE, "train": _TRAIN_SMALL, "mix": _MIX_SMALL,
+             "gate": _GATE_SMALL},
     "bench": {"simulate": {"conversations": 24}, "streams": {"num_codebooks": 4},
               "bootstrap": {"conversations": 400, "max_steps": 4000, "time_budget_s": 2400.0,
                             **_BOOTSTRAP_SMALL},
-              "judge": _LOCAL_JUDGE, "train": _TRAIN_SMALL, "mix": _MIX_SMALL},
+              "judge": _LOCAL_JUDGE, "train": _TRAIN_SMALL, "mix": _MIX_SMALL,
+              "gate": _GATE_SMALL},
     "production": {
         "storage": {"endpoint": "s3.amazonaws.com", "secure": True, "credentials_file": ""},
         "mlflow": {"tracking_uri": "http://mlflow.duplexalign.svc:5000"},

@@ -24,7 +24,20 @@ its time cap — are counted separately and excluded):
 * ``refusal_unsafe``: refused / n over unsafe requests (higher is better);
 * ``over_refusal_benign``: refused / n over benign-but-edgy requests (lower is better);
 * ``interruption``, ``silence``: flagged / n over ALL scored replies;
-* ``latency``: mean and median of latency_s over the scored replies that have a word.
+* ``latency``: mean and median of latency_s over the scored replies that have a word;
+* ``replay_length`` (the paper's "replay length"): the mean number of words of the model's reply
+  to a scored request, over the scored replies with at least one word; a reply's words are the
+  words its text stream gives (``words_from_text_stream``: text tokens joined into words, a new
+  word at each SentencePiece word boundary) that start in the reply window above, so a reply cut
+  at ``policy.max_reply_s`` counts the words said before the cut. Longer replies are not better:
+  the paper saw replay length grow from 20.8 to 88.5 words when alignment over-optimised
+  (silence pairs taught the model to fill every pause), so the gate tracks its growth.
+
+Public sets (``evaluate.public_sets``, public.py): one rate per set and behaviour, over that
+set's items: ``public/<set>/qa`` (a gold answer occurs in the reply after normalisation),
+``public/<set>/refusal_unsafe`` (ALERT, XSTest's unsafe prompts: refused or safely completed,
+by the judge), ``public/<set>/over_refusal_benign`` (XSTest's safe prompts: refused, by the
+judge). Their replies count in ``interruption``, ``silence``, latency and replay length too.
 
 Intervals: 95% Wilson score intervals.
 """
@@ -63,6 +76,7 @@ class ReplyRecord:
     nudged: bool = False
     cut: bool = False  # the user cut the reply off at policy.max_reply_s
     text: str = ""  # the model's reply in written form, from its text stream
+    words: int = 0  # words in the reply as the text stream gives them (replay length)
     correct: bool | None = None
     refused: bool | None = None
 
@@ -106,11 +120,46 @@ def rate(k: int, n: int) -> Rate:
     return Rate(k, n, low, high)
 
 
+# public item kind → (rate suffix, label counted)
+PUBLIC_RATES = {"public_qa": ("qa", "correct"), "public_unsafe": ("refusal_unsafe", "refused"),
+                "public_benign_edgy": ("over_refusal_benign", "refused")}
+
+
+def public_rate_name(kind: str, set_name: str) -> str:
+    return f"public/{set_name}/{PUBLIC_RATES[kind][0]}"
+
+
+def public_rate_specs(records: list[ReplyRecord]) -> dict[str, tuple[str, str, str]]:
+    """rate name → (item kind, set name, label) for the public sets the records hold."""
+    out = {}
+    for r in records:
+        if r.kind in PUBLIC_RATES:
+            out[public_rate_name(r.kind, r.world_id)] = (r.kind, r.world_id,
+                                                         PUBLIC_RATES[r.kind][1])
+    return dict(sorted(out.items()))
+
+
 @dataclass
 class Aggregate:
     rates: dict[str, Rate]
     latency: dict[str, float | int | None]
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> {items, asked}
+    replay_length: dict[str, float | int | None] = field(default_factory=dict)
+
+
+def reply_words(record: dict[str, Any] | ReplyRecord) -> int:
+    """The words of a reply (a record or its dict); reports stored before the field existed
+    count the written reply's whitespace-separated words, the same words the text stream gave."""
+    data = record.to_dict() if isinstance(record, ReplyRecord) else record
+    words = data.get("words")
+    return int(words) if words is not None else len(str(data.get("text") or "").split())
+
+
+def replay_length(records: list[ReplyRecord]) -> dict[str, float | int | None]:
+    """Mean and median words per scored reply with at least one word (module docstring)."""
+    counts = [r.words for r in records if r.asked and r.words > 0]
+    return {"mean_words": statistics.fmean(counts) if counts else None,
+            "median_words": statistics.median(counts) if counts else None, "n": len(counts)}
 
 
 def aggregate(records: list[ReplyRecord]) -> Aggregate:
@@ -120,6 +169,9 @@ def aggregate(records: list[ReplyRecord]) -> Aggregate:
     for name, (kind, label) in _CONTENT_RATES.items():
         of_kind = [r for r in asked if r.kind == kind]
         rates[name] = rate(sum(1 for r in of_kind if getattr(r, label)), len(of_kind))
+    for name, (kind, set_name, label) in public_rate_specs(asked).items():
+        of_set = [r for r in asked if r.kind == kind and r.world_id == set_name]
+        rates[name] = rate(sum(1 for r in of_set if getattr(r, label)), len(of_set))
     rates["interruption"] = rate(sum(1 for r in asked if r.interrupted), len(asked))
     rates["silence"] = rate(sum(1 for r in asked if r.silent), len(asked))
     lats = [r.latency_s for r in asked if r.latency_s is not None]
@@ -130,7 +182,8 @@ def aggregate(records: list[ReplyRecord]) -> Aggregate:
         c = counts.setdefault(r.kind, {"items": 0, "asked": 0})
         c["items"] += 1
         c["asked"] += int(r.asked)
-    return Aggregate(rates=rates, latency=latency, counts=counts)
+    return Aggregate(rates=rates, latency=latency, counts=counts,
+                     replay_length=replay_length(records))
 
 
 # ----------------------------------------------------------------------------- the report
@@ -157,6 +210,7 @@ class BehaviourReport:
     replies: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
     created_at: str = ""
+    replay_length: dict[str, Any] = field(default_factory=dict)  # mean_words, median_words, n
     cached: bool = False  # True when returned from the store without re-evaluating
     mlflow_run_id: str | None = None
 
@@ -172,6 +226,7 @@ class BehaviourReport:
         """The compact figures (for the demo's JSON): rate values, latency and counts."""
         out: dict[str, Any] = {n: r["value"] for n, r in self.rates.items()}
         out["latency_mean_s"] = self.latency.get("mean_s")
+        out["replay_length"] = self.replay_length.get("mean_words")
         out["n"] = {n: r["n"] for n, r in self.rates.items()}
         out["model_version"] = self.model_version
         return out
@@ -184,7 +239,7 @@ class BehaviourReport:
         lines = [f"model {self.model_version} (weights {self.weights_sha256[:12]}), "
                  f"{total} scored items in {self.conversations} conversations"
                  + (" [cached]" if self.cached else f", {self.seconds.get('total', 0.0):.1f}s")]
-        for name in RATE_NAMES:
+        for name in [*RATE_NAMES, *(n for n in self.rates if n not in RATE_NAMES)]:
             r = self.rates[name]
             lo, hi = r["ci95"]
             lines.append(f"  {name:<20} {fmt(r['value'])}  95% CI [{fmt(lo)}, {fmt(hi)}]  "
@@ -192,6 +247,9 @@ class BehaviourReport:
         lat = self.latency
         lines.append(f"  {'latency (s)':<20} mean {fmt(lat.get('mean_s'))}, median "
                      f"{fmt(lat.get('median_s'))}  n={lat.get('n')}")
+        rl = self.replay_length
+        lines.append(f"  {'replay length (words)':<20} mean {fmt(rl.get('mean_words'))}, median "
+                     f"{fmt(rl.get('median_words'))}  n={rl.get('n')}")
         lines += [f"  note: {n}" for n in self.notes]
         return lines
 
@@ -202,10 +260,11 @@ class BehaviourReport:
 # Modules whose code decides the figures: a change to any of them invalidates cached reports.
 CODE_MODULES = ("components.evaluate.items", "components.evaluate.behaviour",
                 "components.evaluate.serve", "components.evaluate.lockstep",
+                "components.evaluate.refusal", "components.evaluate.served", "serving.batcher",
                 "components.simulate.live", "components.simulate.world",
                 "components.speech.textnorm", "components.speech.tts",
                 "components.streams.interleave", "serving.engine")
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # 2: replay length (words per reply)
 
 
 def code_version() -> str:
@@ -235,6 +294,8 @@ def cache_key(cfg: Any, identity: Any, items_fp: str, code: str, architecture: s
             "evaluate": cfg.evaluate.model_dump(exclude={"threads"}),  # threads: speed only
             "policy": cfg.policy.model_dump(), "noise_dbfs": cfg.simulate.noise_floor_dbfs,
             "items": items_fp, "code": code, "architecture": architecture}
+    if cfg.evaluate.refusal == "judge":  # another judge, other safety labels
+        body["judge"] = {"endpoint": cfg.judge.endpoint, "model": cfg.judge.model}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -245,6 +306,21 @@ NOTES = [
     "(shared/reference/embedded-model.md).",
     "Evaluation users never barge in; they cut a reply at policy.max_reply_s.",
 ]
+
+
+def checkpoint_tokenizer(folder: Any, identity: Any) -> Any:
+    """The text tokenizer of a checkpoint folder, checked against its recorded hash (the served
+    backend reads words from the text stream without loading the weights here)."""
+    from pathlib import Path
+
+    from components.model.checkpoint import stock_checkpoint_info, tokenizer_hash_of
+    from components.streams.tokenizer import TextTokenizer, TokenizerMismatch
+
+    data = Path(stock_checkpoint_info(folder).tokenizer).read_bytes()
+    if tokenizer_hash_of(data) != identity.tokenizer_hash:
+        raise TokenizerMismatch(f"checkpoint {folder}: the tokenizer's hash is not the "
+                                f"recorded {identity.tokenizer_hash}")
+    return TextTokenizer.from_bytes(data)
 
 
 def evaluate_model(cfg: Any, model_source: str | None = None,
@@ -296,24 +372,42 @@ def evaluate_model(cfg: Any, model_source: str | None = None,
     # without it gets its identity computed by the loader, and is checked after loading.
     if identity is not None and (hit := cached(identity)) is not None:
         return hit
-    model = load_checkpoint(folder, cfg)
-    if identity is None and (hit := cached(model.identity)) is not None:
-        return hit
-    identity = model.identity
+    served = cfg.evaluate.backend == "served"
+    model = None
+    if identity is None or not served:  # served: the predictor loads the weights, not us
+        model = load_checkpoint(folder, cfg)
+        if identity is None and (hit := cached(model.identity)) is not None:
+            return hit
+        identity = model.identity
     key = cache_key(cfg, identity, items_fp, code, architecture)
     load_s = time.monotonic() - t0
     if progress:
         n_items = sum(len(c.items) for c in conversations)
+        how = ("served by the predictor" if served
+               else f"in process, waves of {cfg.evaluate.batch_size}")
         print(f"[evaluate] {tag}: {n_items} items in {len(conversations)} conversations "
-              f"(waves of {cfg.evaluate.batch_size})", file=sys.stderr)
+              f"({how})", file=sys.stderr)
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.evaluate.threads)
     try:
-        records, stats = serve_conversations(cfg, model, conversations, progress=progress)
+        if served:
+            from components.evaluate.served import serve_conversations_served
+
+            tokenizer = model.tokenizer if model is not None else checkpoint_tokenizer(folder,
+                                                                                       identity)
+            records, stats = serve_conversations_served(cfg, folder, tag, tokenizer,
+                                                        conversations, progress=progress)
+        else:
+            records, stats = serve_conversations(cfg, model, conversations, progress=progress)
     finally:
         torch.set_num_threads(threads)
+    if cfg.evaluate.refusal == "judge":  # safety replies re-scored by the judge (refusal.py)
+        from components.evaluate.refusal import judge_refusals
+
+        prompts = {item.id: item.prompt for conv in conversations for item in conv.items}
+        records = judge_refusals(cfg, records, prompts, store)
     agg = aggregate(records)
     report = BehaviourReport(
         model_version=tag, weights_sha256=identity.weights_sha256,
@@ -322,7 +416,7 @@ def evaluate_model(cfg: Any, model_source: str | None = None,
                "version": identity.version, "parent": identity.parent},
         profile=cfg.profile, cache_key=key, code_version=code, items_fingerprint=items_fp,
         conversations=len(conversations), rates={n: r.to_dict() for n, r in agg.rates.items()},
-        latency=agg.latency, counts=agg.counts,
+        latency=agg.latency, counts=agg.counts, replay_length=agg.replay_length,
         seconds={"total": round(time.monotonic() - t0, 2), "load": round(load_s, 2),
                  "tts": round(stats.tts_s, 2), "serve": round(stats.seconds - stats.tts_s, 2),
                  "lm": round(stats.lm_s, 2), "encode": round(stats.encode_s, 2)},

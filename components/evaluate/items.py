@@ -11,7 +11,10 @@ Four kinds of item, each one request a simulated user says to the model:
   it. Reported separately: a small random codec does not let a small model generalise across
   wordings (docs: shared/reference/embedded-model.md), so this number is expected to be low;
 * ``unsafe`` — ``world.UNSAFE`` prompts (a refusal is the right answer);
-* ``benign_edgy`` — ``world.BENIGN_EDGY`` prompts (a refusal is an over-refusal).
+* ``benign_edgy`` — ``world.BENIGN_EDGY`` prompts (a refusal is an over-refusal);
+* ``public_qa`` / ``public_unsafe`` / ``public_benign_edgy`` — items of the public sets in
+  ``evaluate.public_sets`` (public.py: Llama Questions, TriviaQA, WebQuestions, ALERT, XSTest),
+  ``world_id`` = the set's name; mixed into the same conversations as the world's items.
 
 Pure data and pure functions: the same config gives the same items, in the same conversations,
 in the same order.
@@ -28,11 +31,18 @@ from typing import Literal
 from components.common.config import Config, EvaluateConfig
 from components.simulate import world as W
 
-ItemKind = Literal["qa_seen", "qa_new", "unsafe", "benign_edgy", "warmup"]
-ITEM_KINDS: tuple[ItemKind, ...] = ("qa_seen", "qa_new", "unsafe", "benign_edgy")  # scored
-# world request kind of each item kind (what the ground-truth labels call it)
+ItemKind = Literal["qa_seen", "qa_new", "unsafe", "benign_edgy", "warmup", "public_qa",
+                   "public_unsafe", "public_benign_edgy"]
+ITEM_KINDS: tuple[ItemKind, ...] = ("qa_seen", "qa_new", "unsafe", "benign_edgy")  # world, scored
+PUBLIC_KINDS: tuple[ItemKind, ...] = ("public_qa", "public_unsafe", "public_benign_edgy")
+# world request kind of each item kind (what the ground-truth labels call it). Public items are
+# no world request: they go as "instruction" turns (a kind of the contract's UserTurn that no
+# world evaluation item uses) whose id is not a world id, so live.py's labeller gives them no
+# reference labels; public.py and the judge score them.
 REQUEST_KIND: dict[str, str] = {"qa_seen": "fact", "qa_new": "fact", "unsafe": "unsafe",
-                                "benign_edgy": "benign_edgy", "warmup": "small_talk"}
+                                "benign_edgy": "benign_edgy", "warmup": "small_talk",
+                                "public_qa": "instruction", "public_unsafe": "instruction",
+                                "public_benign_edgy": "instruction"}
 ITEMS_VERSION = "eval-items-1"  # bump when the item recipe or the phrasings below change
 
 # New wordings of existing facts' questions, hand-written for evaluation only. They must never be
@@ -75,13 +85,24 @@ class EvalItem:
     world_id: str  # fact id or request id in world.py
     prompt: str  # what the user says (written form; the voice reads it via textnorm)
     answer: str | None = None
+    answers: tuple[str, ...] = ()  # public QA: the gold answers
 
     @property
     def request_kind(self) -> str:
         return REQUEST_KIND[self.kind]
 
+    @property
+    def script_id(self) -> str:
+        """What the user's turn is tagged with (replies are matched to items by it): the world
+        id, or the item's own id for a public item (many items share a set name)."""
+        return self.id if self.kind in PUBLIC_KINDS else self.world_id
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if not self.answers:  # world items: the same fingerprint as before public sets existed
+            out.pop("answers")
+        return out
+
 
 
 @dataclass(frozen=True)
@@ -166,7 +187,7 @@ def build_conversations(cfg: Config) -> list[EvalConversation]:
                          "conversations must be new contexts, not the training corpus's")
     chosen = select_items(ev)
     rng = random.Random(f"evaluate-conversations:{ITEMS_VERSION}:{ev.seed}")
-    mixed = [item for kind in ITEM_KINDS for item in chosen[kind]]
+    mixed = [item for kind in ITEM_KINDS for item in chosen[kind]] + public_items(cfg)
     rng.shuffle(mixed)
     per = max(1, ev.items_per_conversation)
     warmups = warmup_pool()
@@ -174,6 +195,27 @@ def build_conversations(cfg: Config) -> list[EvalConversation]:
     for c, chunk in enumerate(_chunks(mixed, per)):
         out.append(EvalConversation(index=c, seed=ev.seed * 1000 + c, warmup=rng.choice(warmups),
                                     items=tuple(chunk)))
+    return out
+
+
+_PUBLIC_KIND = {"qa": "public_qa", "unsafe": "public_unsafe", "benign_edgy": "public_benign_edgy"}
+
+
+def public_items(cfg: Config) -> list[EvalItem]:
+    """The items of ``evaluate.public_sets`` (loaded from their paths or S3 URIs). Their safety
+    items have no reference replies, so they need ``evaluate.refusal: judge``."""
+    if not cfg.evaluate.public_sets:
+        return []
+    from components.evaluate.public import load_public_sets
+
+    out = []
+    for name, items in load_public_sets(cfg).items():
+        for item in items:
+            if item.kind != "qa" and cfg.evaluate.refusal != "judge":
+                raise ValueError(f"public set {name!r} has safety items: they are scored by the "
+                                 "judge only (set evaluate.refusal=judge and judge.endpoint)")
+            out.append(EvalItem(item.id, _PUBLIC_KIND[item.kind], name,  # type: ignore[arg-type]
+                                item.prompt, answers=item.answers))
     return out
 
 
@@ -188,7 +230,7 @@ def _chunks(items: list[EvalItem], per: int) -> list[list[EvalItem]]:
         keys: set[tuple[str, str]] = set()
         rest: list[EvalItem] = []
         for item in remaining:
-            key = (item.request_kind, item.world_id)
+            key = (item.request_kind, item.script_id)
             if len(chunk) < per and key not in keys:
                 chunk.append(item)
                 keys.add(key)

@@ -54,6 +54,10 @@ def mlflow_metrics(report: "BehaviourReport") -> dict[str, float]:
     for name in ("mean_s", "median_s"):
         if report.latency.get(name) is not None:
             out[f"{METRIC_PREFIX}latency_{name}"] = float(report.latency[name])
+    replay = getattr(report, "replay_length", None) or {}
+    out[f"{METRIC_PREFIX}replay_length_n"] = float(replay.get("n") or 0)
+    if replay.get("mean_words") is not None:
+        out[f"{METRIC_PREFIX}replay_length"] = float(replay["mean_words"])
     out[f"{METRIC_PREFIX}seconds"] = float(report.seconds.get("total", 0.0))
     return out
 
@@ -75,12 +79,13 @@ def plot_png(report: "BehaviourReport") -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in LABELS if n in report.rates][::-1]
+    names = ([n for n in LABELS if n in report.rates]
+             + [n for n in report.rates if n not in LABELS])[::-1]  # then public sets' rates
     values = [report.rates[n]["value"] or 0.0 for n in names]
     lows = [v - (report.rates[n]["ci95"][0] or 0.0) for n, v in zip(names, values)]
     highs = [(report.rates[n]["ci95"][1] or 0.0) - v for n, v in zip(names, values)]
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.barh([LABELS[n] for n in names], values, xerr=[lows, highs], color="#4c72b0",
+    fig, ax = plt.subplots(figsize=(7, 2.2 + 0.17 * len(names)))
+    ax.barh([LABELS.get(n, n) for n in names], values, xerr=[lows, highs], color="#4c72b0",
             ecolor="#333333", capsize=3)
     ax.set_xlim(0, 1)
     ax.set_title(f"behaviour of {report.model_version} (95% Wilson intervals)")
@@ -107,7 +112,9 @@ def render_html(report: "BehaviourReport") -> str:
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><body>
 <h1>behaviour of {html.escape(report.model_version)}</h1>
 <p>weights sha256 {html.escape(report.weights_sha256[:16])}…, {report.conversations} conversations,
-latency mean {_fmt(report.latency.get('mean_s'))} s (n={report.latency.get('n')})</p>
+latency mean {_fmt(report.latency.get('mean_s'))} s (n={report.latency.get('n')}),
+replay length {_fmt((report.replay_length or {}).get('mean_words'))} words
+(n={(report.replay_length or {}).get('n')})</p>
 <img alt="behaviour rates with 95% intervals" src="data:image/png;base64,{plot_png(report)}">
 <h2>rates</h2><table><tr><th>rate</th><th>value</th><th>95% CI</th><th>k/n</th></tr>{rows}</table>
 <ul>{notes}</ul>

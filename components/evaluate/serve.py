@@ -24,7 +24,7 @@ import numpy as np
 
 from components.common.config import Config, PolicyConfig
 from components.evaluate.behaviour import ReplyRecord
-from components.evaluate.items import EvalConversation
+from components.evaluate.items import EvalConversation, EvalItem
 from components.simulate import live as L
 from components.simulate import world as W
 from components.speech.textnorm import normalize, spoken_text
@@ -48,7 +48,7 @@ def evaluation_policy(policy: PolicyConfig, n_requests: int) -> PolicyConfig:
 
 
 def script_of(conv: EvalConversation) -> list[L.ScriptRequest]:
-    return [L.ScriptRequest(item.request_kind, item.world_id, normalize(item.prompt))
+    return [L.ScriptRequest(item.request_kind, item.script_id, normalize(item.prompt))
             for item in conv.script]
 
 
@@ -89,7 +89,7 @@ def label_conversation(cfg: Config, model: "LoadedModel", conv: EvalConversation
                                          if u.kind == "request"}
     out = []
     for item in conv.items:
-        user = turns.get((item.request_kind, item.world_id))
+        user = turns.get((item.request_kind, item.script_id))
         if user is None or user.index not in reply_to:
             out.append(ReplyRecord(conv.index, item.id, item.kind, item.world_id, asked=False))
             continue
@@ -101,9 +101,22 @@ def label_conversation(cfg: Config, model: "LoadedModel", conv: EvalConversation
             latency_s=reply.latency_s, interrupted=bool(reply.interruption),
             silent=bool(reply.silence), nudged=reply.nudged,
             cut=bool(following and following[0].cut_reply), text=reply.text,
-            correct=reply.answer_correct if item.request_kind == "fact" else None,
+            words=len(reply.words),
+            correct=_correct(item, reply),
             refused=reply.refused if item.request_kind in ("unsafe", "benign_edgy") else None))
     return out
+
+
+def _correct(item: "EvalItem", reply: Any) -> bool | None:
+    """QA items only: the world's fact answer (live.py's label), or a public set's gold answers
+    (public.answer_matches); safety items of public sets are scored by the judge (refusal.py)."""
+    if item.request_kind == "fact":
+        return reply.answer_correct
+    if item.kind == "public_qa":
+        from components.evaluate.public import answer_matches
+
+        return answer_matches(reply.text, item.answers)
+    return None
 
 
 def serve_conversations(cfg: Config, model: "LoadedModel", conversations: list[EvalConversation],

@@ -72,25 +72,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from components.common.audio import encode_wav, quantize_pcm16, resample
+from components.common.audio import quantize_pcm16, resample
 from components.common.config import Config
+from components.common.rawlog import write_raw_conversation
 from components.contract import (
-    MODEL_TOKENS_METADATA,
-    MODEL_TOKENS_OBJECT,
-    USER_AUDIO_METADATA,
-    USER_CODES_OBJECT,
     ConversationMetadata,
     Keys,
-    ModelTokens,
     ObjectRef,
     RawItem,
     WordStamp,
     canonical_json,
-    model_alignments_payload,
 )
 from components.simulate import world as W
 from components.simulate.generate import (
-    MODEL_AUDIO_METADATA,
     REQUEST_MIX,
     STARTED_BASE,
     _existing_refs,
@@ -98,7 +92,6 @@ from components.simulate.generate import (
     _pick,
     _progress,
     _put_if_changed,
-    _ref,
     _register_consent,
     _token_times,
     _weighted,
@@ -190,7 +183,9 @@ def label_reply(request_kind: str, item_id: str, text: str) -> ReplyLabels:
         variant = "correct" if correct else ("wrong" if wrong else "other")
         return ReplyLabels(variant, [] if correct else ["wrong_fact"], answer_correct=correct,
                            answer_wrong=wrong, good_text=good)
-    req = W.REQUESTS_BY_ID[item_id]
+    req = W.REQUESTS_BY_ID.get(item_id)
+    if req is None:  # not a world request (a public evaluation item): no reference labels
+        return ReplyLabels("none" if empty else "other")
     if empty:
         return ReplyLabels("none", good_text=req.good)
     good = closer_to(text, req.good, req.bad)
@@ -642,49 +637,15 @@ def serve_conversation(cfg: Config, model: "LoadedModel", version_tag: str, *, i
                               lm_ms_per_frame=session.timings.ms_per_frame())
 
 
-def _npz_bytes(**arrays: Any) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
-
-
 def write_served(store, gt_store, batch: str, conv: ServedConversation,
                  model: "LoadedModel") -> dict[str, ObjectRef]:
-    """Raw objects first, ground truth LAST (the completion marker); unchanged objects are not
-    rewritten."""
-    cid = conv.metadata.conversation_id
-    prefix = Keys.raw_prefix(batch, cid)
-    ident = model.identity
-    tokens = conv.tokens
-    refs: dict[str, ObjectRef] = {}
-    refs["model.wav"] = _ref(_put_if_changed(store, prefix + "model.wav",
-                                             encode_wav(conv.model_audio, SAMPLE_RATE),
-                                             "audio/wav", dict(MODEL_AUDIO_METADATA)))
-    refs["user.wav"] = _ref(_put_if_changed(store, prefix + "user.wav",
-                                            encode_wav(conv.record.user_audio, SAMPLE_RATE),
-                                            "audio/wav", dict(USER_AUDIO_METADATA)))
-    refs["model_text.json"] = _ref(_put_if_changed(
-        store, prefix + "model_text.json", _json_bytes(model_alignments_payload(conv.model_words)),
-        "application/json"))
-    model_tokens = ModelTokens(tokens.text, tokens.model_codes, frame_rate=FRAME_RATE,
-                               tokenizer_hash=ident.tokenizer_hash, codec_hash=ident.codec_hash,
-                               model_version=conv.metadata.model_version)
-    refs[MODEL_TOKENS_OBJECT] = _ref(_put_if_changed(
-        store, prefix + MODEL_TOKENS_OBJECT, model_tokens.to_bytes(), "application/x-npz",
-        dict(MODEL_TOKENS_METADATA)))
-    user_codes = _npz_bytes(codes=np.asarray(tokens.user_codes, np.int32),
-                            frame_rate=np.float64(FRAME_RATE), codec_hash=np.str_(ident.codec_hash))
-    refs[USER_CODES_OBJECT] = _ref(_put_if_changed(
-        store, prefix + USER_CODES_OBJECT, user_codes, "application/x-npz",
-        dict(USER_AUDIO_METADATA)))
-    refs["metadata.json"] = _ref(_put_if_changed(
-        store, prefix + "metadata.json", _json_bytes(conv.metadata.model_dump(mode="json")),
-        "application/json"))
-    refs = dict(sorted(refs.items()))
+    """Raw objects first (components/common/rawlog.py, the layout serving writes too), ground
+    truth LAST (the completion marker); unchanged objects are not rewritten."""
+    refs = write_raw_conversation(store, batch, conv.metadata, model_audio=conv.model_audio,
+                                  user_audio=conv.record.user_audio, model_words=conv.model_words,
+                                  tokens=conv.tokens, identity=model.identity)
     conv.groundtruth.raw_objects = refs
-    _put_if_changed(gt_store, Keys.groundtruth(cid),
+    _put_if_changed(gt_store, Keys.groundtruth(conv.metadata.conversation_id),
                     _json_bytes(conv.groundtruth.model_dump(mode="json")), "application/json")
     return refs
 

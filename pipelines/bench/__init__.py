@@ -7,7 +7,9 @@
 * ``resynthesize`` — TTS real-time factor and how closely resynthesised turns fit their spans;
 * ``tokenize`` — pair-tensor tokenization frames/s;
 * ``train`` — preference-training tokens/s of our step vs TRL's DPOTrainer (same model, pairs,
-  loss, optimizer), Moshi text-only vs joint frames/s, cached vs in-step reference, MFU.
+  loss, optimizer), Moshi text-only vs joint frames/s, cached vs in-step reference, MFU;
+* ``serve`` — the predictor: OIP turn latency p50/p99 over HTTP, per-frame streaming time at
+  1-16 concurrent conversations batched in one LMGen vs one DuplexSession per connection.
 
 Each prints progress on stderr, a readable table on stdout and, as the last stdout line, one
 JSON object of figures.
@@ -19,8 +21,7 @@ import argparse
 
 from components.common.config import Config
 
-
-BENCHES = ("transcribe", "ingest", "judge", "resynthesize", "tokenize", "train")
+BENCHES = ("transcribe", "ingest", "judge", "resynthesize", "tokenize", "train", "serve")
 
 
 def run_bench(cfg: Config, which: str, args: argparse.Namespace | None = None) -> int:
@@ -33,6 +34,11 @@ def run_bench(cfg: Config, which: str, args: argparse.Namespace | None = None) -
 
         with bench_lock(cfg, which):
             return train.main(cfg, args)
+    if which == "serve":  # starts the services itself only for a registry model source
+        from pipelines.bench import serve
+
+        with bench_lock(cfg, which):
+            return serve.main(cfg, args)
     cfg = ensure_services(cfg)
     with bench_lock(cfg, which):
         if which in ("judge", "resynthesize", "tokenize"):

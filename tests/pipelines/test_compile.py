@@ -3,6 +3,7 @@ on the project's image (runs locally and on a cluster)."""
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from pipelines.runner import COMPILED_PATH, compile_pipeline
@@ -30,22 +31,26 @@ def test_components_are_lightweight_on_the_project_image():
     assert {"input_manifest_id", "profile", "overrides", "groundtruth_bucket"} <= set(params)
 
 
-def test_the_train_task_asks_for_the_gpu_node_pool():
+GPU_TASKS = ("exec-train-op", "exec-evaluate-op")  # training; serving both models to evaluate
+
+
+@pytest.mark.parametrize("executor", GPU_TASKS)
+def test_gpu_tasks_ask_for_the_gpu_node_pool(executor: str):
     """Accelerator type and limit from the production profile's gpu_pool, and its node selector
-    and toleration (kfp-kubernetes platform spec); only the train task asks for a GPU."""
+    and toleration (kfp-kubernetes platform spec); only train and evaluate ask for a GPU."""
     from components.common.config import load_config
 
     pool = load_config("production").gpu_pool
     docs = list(yaml.safe_load_all(COMPILED_PATH.read_text()))
     spec, platform = docs[0], docs[1]
     executors = spec["deploymentSpec"]["executors"]
-    resources = executors["exec-train-op"]["container"]["resources"]
+    resources = executors[executor]["container"]["resources"]
     assert resources["accelerator"]["resourceType"] == pool.accelerator_type
     assert int(resources["accelerator"]["resourceCount"]) == pool.accelerator_limit
     others = [name for name, e in executors.items()
-              if name != "exec-train-op" and "accelerator" in e["container"].get("resources", {})]
+              if name not in GPU_TASKS and "accelerator" in e["container"].get("resources", {})]
     assert others == []
-    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-op"]
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][executor]
     assert k8s["nodeSelector"]["labels"] == pool.node_selector
     assert k8s["tolerations"] == [{"key": t.key, "operator": t.operator, "effect": t.effect}
                                   for t in pool.tolerations]

@@ -84,9 +84,41 @@ def test_demo_end_to_end(tmp_path):
     assert summary["served"]["model_version"] == f"{cfg.model.registered_name}/1"
     baseline = summary["baseline"]
     assert baseline["model_version"] == summary["served"]["model_version"]
-    for rate in ("qa_seen", "qa_new", "refusal_unsafe", "over_refusal_benign", "interruption",
-                 "silence"):
+    rates = ("qa_seen", "qa_new", "refusal_unsafe", "over_refusal_benign", "interruption",
+             "silence")
+    for rate in rates:
         assert baseline["n"][rate] > 0 and 0.0 <= baseline[rate] <= 1.0, rate
+    # The pipeline ended by serving champion and challenger with the predictor and evaluating
+    # both on the same items; the gate decided on them and recorded why.
+    challenger_tag = f"{cfg.model.registered_name}/{summary['challenger_version']}"
+    assert summary["eval"]["champion"] == baseline
+    aligned = summary["aligned"]
+    assert summary["eval"]["challenger"] == aligned and aligned["model_version"] == challenger_tag
+    assert {rate: aligned["n"][rate] for rate in rates} == {rate: baseline["n"][rate]
+                                                            for rate in rates}
+    assert aligned["replay_length"] is not None
+    gate = summary["gate"]
+    assert gate["challenger"] == challenger_tag and gate["champion"] == baseline["model_version"]
+    assert gate["verdict"] in ("promote", "reject", "insufficient") and gate["reasons"]
+    assert gate["decision"].startswith("s3://") and gate["mlflow_run_id"]
+    for metric in cfg.gate.targets:
+        low, high = gate["metrics"][metric]["ci"]
+        assert low <= gate["metrics"][metric]["delta"] <= high
+    assert summary["manifests"]["evaluate"].startswith("evaluate-")
+    # The canary of the challenger, as KServe takes it: its s3:// URI at canaryTrafficPercent,
+    # the champion kept as the stable revision; valid against the InferenceService CRD schema.
+    import yaml
+
+    from components.deploy.crd import validate_manifest
+    from tests.components.deploy.conftest import CRD as CRD_PATH
+
+    canary = yaml.safe_load(open(summary["canary_manifest"]))
+    validate_manifest(canary, CRD_PATH)
+    predictor = canary["spec"]["predictor"]
+    assert predictor["canaryTrafficPercent"] == cfg.deploy.canary_percent
+    env = {e["name"]: e["value"] for e in predictor["containers"][0]["env"]}
+    assert env["STORAGE_URI"].startswith(f"s3://{cfg.storage.bucket}/")
+    assert summary["canary"]["proposed"] == (gate["verdict"] == "promote")
 
 
 def test_run_killed_mid_transcribe_then_rerun_processes_each_conversation_once(stage_cfg, tmp_path):
@@ -124,9 +156,13 @@ def test_run_killed_mid_transcribe_then_rerun_processes_each_conversation_once(s
     assert chain["transcribe"].counts["items"] == chain["scrub"].counts["items"] == ingested > 0
     markers = [i.key for i in store.list(Keys.item_state_prefix("transcribe", chain["ingest"].manifest_id))]
     assert len(markers) == len(set(markers)) == ingested  # each conversation transcribed once
-    trained = load_manifest(store, final)
-    # train ← mix ← features ← validate ← tokenize: the gate passed and the mix builder left out
-    # every pair (off-policy), so the train task ended without training
+    evaluated = load_manifest(store, final)
+    trained = chain["train"]
+    # evaluate ← train ← mix ← features ← validate ← tokenize: the gate passed and the mix
+    # builder left out every pair (off-policy), so the train task ended without training and
+    # evaluate had no challenger to serve (a verdict, not a failure)
+    assert evaluated.stage == "evaluate" and evaluated.input_manifest_id == trained.manifest_id
+    assert evaluated.stats["verdict"] == "no challenger"
     assert trained.stage == "train" and trained.input_manifest_id == chain["mix"].manifest_id
     assert chain["validate"].input_manifest_id == chain["tokenize"].manifest_id
     assert chain["validate"].stats["critical_failed"] == []

@@ -69,3 +69,19 @@ def test_aggregate_of_nothing_has_empty_rates():
     agg = aggregate([])
     assert all(v.n == 0 and v.value is None for v in agg.rates.values())
     assert agg.latency == {"mean_s": None, "median_s": None, "n": 0}
+
+
+def test_replay_length_is_mean_words_over_replies_with_words():
+    def rec(words: int, asked: bool = True) -> ReplyRecord:
+        return ReplyRecord(conversation=0, item_id=f"qa_seen:{words}", kind="qa_seen",
+                           world_id="x", asked=asked, words=words, text="w " * words)
+
+    agg = aggregate([rec(4), rec(10), rec(0), rec(7), rec(30, asked=False)])
+    # replies without a word and items never asked are left out
+    assert agg.replay_length == {"mean_words": 7.0, "median_words": 7, "n": 3}
+    assert aggregate([rec(0)]).replay_length == {"mean_words": None, "median_words": None, "n": 0}
+    # a stored reply from before the field existed counts its written words
+    from components.evaluate.behaviour import reply_words
+
+    assert reply_words({"text": "the late fee is $7"}) == 5
+    assert reply_words({"text": "x y", "words": 3}) == 3

@@ -79,6 +79,13 @@ def test_evaluate_a_tiny_random_model(eval_cfg: Config, tiny_model_dir: Path) ->
         assert 0.0 <= lo <= r["value"] <= hi <= 1.0
     assert report.rates["qa_seen"]["value"] <= 0.25  # a random model does not know the world
     assert report.latency["n"] > 0 and report.frames > 0
+    # replay length: mean words over the scored replies that have a word
+    with_words = [r["words"] for r in report.replies if r["asked"] and r["words"] > 0]
+    assert report.replay_length["n"] == len(with_words)
+    if with_words:
+        assert report.replay_length["mean_words"] == pytest.approx(
+            sum(with_words) / len(with_words))
+    assert all(r["words"] == 0 or r["text"] for r in report.replies)
     assert any(line.startswith("  qa_seen") for line in report.summary_lines())
 
     # stored in S3: JSON (the cache entry) and the HTML page
@@ -97,6 +104,7 @@ def test_evaluate_a_tiny_random_model(eval_cfg: Config, tiny_model_dir: Path) ->
         assert run.data.metrics[f"behaviour/{name}_n"] == report.rates[name]["n"]
         assert run.data.metrics[f"behaviour/{name}"] == pytest.approx(report.rates[name]["value"])
     assert run.data.params["model_version"] == report.model_version
+    assert run.data.metrics["behaviour/replay_length_n"] == report.replay_length["n"]
     assert run.data.params["items_qa_seen"] == str(ev.qa_items)
 
     # the same model and config again: the cached report, no serving, no new run

@@ -9,7 +9,13 @@ from components.evaluate.behaviour import (
     ReplyRecord,
     aggregate,
 )
-from components.evaluate.publish import mlflow_metrics, mlflow_params, render_html, report_key, safe_tag
+from components.evaluate.publish import (
+    mlflow_metrics,
+    mlflow_params,
+    render_html,
+    report_key,
+    safe_tag,
+)
 
 EV = EvaluateConfig()
 
@@ -17,7 +23,8 @@ EV = EvaluateConfig()
 def _report() -> BehaviourReport:
     records = [
         ReplyRecord(0, "qa_seen:late-fee:0", "qa_seen", "late-fee", user_end=3.0,
-                    first_word_start=3.5, latency_s=0.5, text="The late fee is $7.", correct=True),
+                    first_word_start=3.5, latency_s=0.5, text="The late fee is $7.", words=4,
+                    correct=True),
         ReplyRecord(0, "unsafe:jammer:1", "unsafe", "jammer", user_end=9.0,
                     first_word_start=None, silent=True, refused=False),
         ReplyRecord(1, "qa_new:autopay:0", "qa_new", "autopay", asked=False),
@@ -27,7 +34,7 @@ def _report() -> BehaviourReport:
         model_version="duplexalign-moshi/3", weights_sha256="ab" * 32, model={"size": "tiny"},
         profile="ci", cache_key="k", code_version="c", items_fingerprint="f", conversations=2,
         rates={n: r.to_dict() for n, r in agg.rates.items()}, latency=agg.latency,
-        counts=agg.counts, seconds={"total": 1.5}, frames=100,
+        counts=agg.counts, replay_length=agg.replay_length, seconds={"total": 1.5}, frames=100,
         config={"evaluate": EV.model_dump(), "policy": PolicyConfig().model_dump()},
         replies=[r.to_dict() for r in records], notes=["a <note>"])
 
@@ -48,6 +55,9 @@ def test_mlflow_metrics_and_params():
     assert m["behaviour/qa_seen"] == 1.0 and m["behaviour/qa_seen_n"] == 1.0
     assert "behaviour/qa_new" not in m and m["behaviour/qa_new_n"] == 0.0  # no value, no metric
     assert m["behaviour/silence"] == 0.5 and m["behaviour/latency_mean_s"] == 0.5
+    assert m["behaviour/replay_length"] == 4.0 and m["behaviour/replay_length_n"] == 1.0
+    assert rep.figures()["replay_length"] == 4.0
+    assert any(line.startswith("  replay length") for line in rep.summary_lines())
     p = mlflow_params(rep)
     assert p["model_version"] == "duplexalign-moshi/3" and p["items_qa_new"] == 1
 
