@@ -283,6 +283,10 @@ class EvaluateConfig(_Section):
     # code path users get (components/evaluate/served.py). "inprocess": lockstep waves through
     # one batched LMGen in this process (bit-reproducible; the trainer's held-out checks).
     backend: Literal["served", "inprocess"] = "served"
+    # Where answers are read: "text", the model's text stream (the embedded default: the small
+    # codec's audio is not intelligible to Whisper); "audio", its audio transcribed with the
+    # transcribe stage's Whisper — what a user hears (production; components/evaluate/answers.py).
+    answers: Literal["text", "audio"] = "text"
     # Public item sets (Llama Questions, TriviaQA, WebQuestions, ALERT, XSTest) as JSONL from a
     # path or an s3:// URI: [{"name": ..., "format": "qa"|"alert"|"xstest", "source": ...,
     # "limit": 0}] (components/evaluate/public.py). Empty: the simulated world's items only.
@@ -816,6 +820,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         # rewrites; its API key comes from the secret named by judge.api_key_env.
         "judge": {"backend": "openai", "endpoint": "http://judge-llm.duplexalign.svc:8000/v1"},
         "pairs": {"composer": "llm"},
+        "evaluate": {"answers": "audio"},
         "pipeline": {"pipeline_root": "s3://duplexalign/pipeline-root"},
         # Feast: the registry in the bucket, the online store in the cluster's Redis (Helm values).
         "features": {"registry": "s3://duplexalign/feast/registry.db", "online_store": "redis",

@@ -75,10 +75,13 @@ class ReplyRecord:
     silent: bool = False
     nudged: bool = False
     cut: bool = False  # the user cut the reply off at policy.max_reply_s
-    text: str = ""  # the model's reply in written form, from its text stream
+    text: str = ""  # the model's reply in written form (text stream, or its transcribed audio)
     words: int = 0  # words in the reply as the text stream gives them (replay length)
     correct: bool | None = None
     refused: bool | None = None
+    last_word_end: float | None = None  # the reply's last word (text stream): its audio's end
+    answer_source: str = "text"  # "text": the text stream; "audio": transcribed (answers.py)
+    stream_text: str | None = None  # with answer_source "audio": what the text stream said
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -261,6 +264,7 @@ class BehaviourReport:
 CODE_MODULES = ("components.evaluate.items", "components.evaluate.behaviour",
                 "components.evaluate.serve", "components.evaluate.lockstep",
                 "components.evaluate.refusal", "components.evaluate.served", "serving.batcher",
+                "components.evaluate.answers",
                 "components.simulate.live", "components.simulate.world",
                 "components.speech.textnorm", "components.speech.tts",
                 "components.streams.interleave", "serving.engine")
@@ -296,6 +300,8 @@ def cache_key(cfg: Any, identity: Any, items_fp: str, code: str, architecture: s
             "items": items_fp, "code": code, "architecture": architecture}
     if cfg.evaluate.refusal == "judge":  # another judge, other safety labels
         body["judge"] = {"endpoint": cfg.judge.endpoint, "model": cfg.judge.model}
+    if cfg.evaluate.answers == "audio":  # another recogniser, other transcripts
+        body["asr"] = cfg.transcribe.model_source
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -403,6 +409,10 @@ def evaluate_model(cfg: Any, model_source: str | None = None,
             records, stats = serve_conversations(cfg, model, conversations, progress=progress)
     finally:
         torch.set_num_threads(threads)
+    if cfg.evaluate.answers == "audio":  # what a user hears (answers.py)
+        from components.evaluate.answers import transcribe_answers
+
+        records = transcribe_answers(cfg, records, conversations, stats.model_audio)
     if cfg.evaluate.refusal == "judge":  # safety replies re-scored by the judge (refusal.py)
         from components.evaluate.refusal import judge_refusals
 

@@ -71,6 +71,9 @@ class ServeStats:
     tts_s: float = 0.0
     seconds: float = 0.0
     ended_by: dict[str, int] = field(default_factory=dict)
+    # conversation index → the model's 24 kHz channel, kept only when answers are read from the
+    # audio (evaluate.answers = "audio")
+    model_audio: dict[int, Any] = field(default_factory=dict)
 
 
 def label_conversation(cfg: Config, model: "LoadedModel", conv: EvalConversation,
@@ -98,6 +101,7 @@ def label_conversation(cfg: Config, model: "LoadedModel", conv: EvalConversation
         out.append(ReplyRecord(
             conversation=conv.index, item_id=item.id, kind=item.kind, world_id=item.world_id,
             user_end=user.end, first_word_start=reply.words[0].start if reply.words else None,
+            last_word_end=reply.words[-1].end if reply.words else None,
             latency_s=reply.latency_s, interrupted=bool(reply.interruption),
             silent=bool(reply.silence), nudged=reply.nudged,
             cut=bool(following and following[0].cut_reply), text=reply.text,
@@ -166,6 +170,10 @@ def serve_conversations(cfg: Config, model: "LoadedModel", conversations: list[E
             stats.frames += live.tokens.n_frames
             stats.ended_by[live.ended_by] = stats.ended_by.get(live.ended_by, 0) + 1
             records += label_conversation(cfg, model, conv, live)
+            if cfg.evaluate.answers == "audio":
+                from serving.engine import decode_model_audio
+
+                stats.model_audio[conv.index] = decode_model_audio(model, live.tokens)
         stats.conversations += len(wave_convs)
     stats.seconds = time.monotonic() - t0
     return records, stats

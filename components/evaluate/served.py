@@ -50,9 +50,12 @@ class RemoteSlot:
         self.text: list[int] = []
         self.model: list[np.ndarray] = []
         self.user: list[np.ndarray] = []
+        self.pcm: list[np.ndarray] = []  # the model's audio, when the session asked for it
 
     def step(self, user_pcm: np.ndarray) -> Any:
         out = self.session.step(user_pcm)
+        if out.pcm is not None:
+            self.pcm.append(np.asarray(out.pcm, np.float32))
         self.text.append(int(out.text_token))
         self.model.append(np.asarray(out.model_codes, np.int64))
         self.user.append(np.asarray(out.user_codes, np.int64))
@@ -119,7 +122,7 @@ def serve_conversations_served(cfg: Config, folder: Path, model_version: str, to
             policy = evaluation_policy(cfg.policy, len(conv.script))
             session = StreamSession(server.ws_url, user_id=f"evaluation-{conv.index}",
                                     conversation_id=f"eval-{conv.index}-{conv.seed}",
-                                    audio=False, log=False)
+                                    audio=cfg.evaluate.answers == "audio", log=False)
             slot = RemoteSlot(session)
             try:
                 record = L.ReactiveUser(slot, tokenizer, policy, script_of(conv), tts, rng, noise,
@@ -143,6 +146,8 @@ def serve_conversations_served(cfg: Config, folder: Path, model_version: str, to
         stats.frames += live.tokens.n_frames
         stats.ended_by[live.ended_by] = stats.ended_by.get(live.ended_by, 0) + 1
         records += label_conversation(cfg, labeller, conv, live)
+        if slot.pcm:  # answers read from the audio: the channel as the predictor streamed it
+            stats.model_audio[conv.index] = np.concatenate(slot.pcm)
     stats.conversations = len(conversations)
     stats.seconds = time.monotonic() - t0
     return records, stats

@@ -47,6 +47,7 @@ import numpy as np
 
 from components.common.audio import encode_wav, resample
 from components.common.config import Config, SimulateConfig
+from components.common.rawlog import json_bytes, object_ref, put_if_changed
 from components.contract import (
     USER_AUDIO_METADATA,
     ConversationMetadata,
@@ -512,24 +513,8 @@ class ConversationBuilder:
 # ----------------------------------------------------------------------------- storage
 
 
-def _json_bytes(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, indent=None).encode("utf-8")
-
-
-def _put_if_changed(store, key: str, data: bytes, content_type: str,
-                    metadata: dict[str, str] | None = None):
-    """Put unless the stored object already has these exact bytes; returns the current info."""
-    info = store.stat(key)
-    md5 = hashlib.md5(data).hexdigest()
-    if info is not None and (info.etag or "").strip('"') == md5 and info.size == len(data):
-        if metadata is None or all(info.metadata.get(k) == v for k, v in metadata.items()):
-            return info
-    store.put_bytes(key, data, content_type=content_type, metadata=metadata)
-    return store.stat(key)
-
-
-def _ref(info) -> ObjectRef:
-    return ObjectRef(key=info.key, version_id=info.version_id, etag=info.etag, size=info.size)
+# One raw/ writer for the simulator and the predictor (components/common/rawlog.py).
+_json_bytes, _put_if_changed, _ref = json_bytes, put_if_changed, object_ref
 
 
 def publish_kb(store) -> list[str]:

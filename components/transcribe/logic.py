@@ -38,12 +38,12 @@ from components.contract import (
     IngestedItem,
     Keys,
     ObjectRef,
-    Transcript,
     TranscribedItem,
+    Transcript,
     WordStamp,
     parse_model_alignments,
 )
-from components.transcribe.asr import (
+from components.speech.asr import (
     Word,
     load_whisper,
     transcribe_channel,

@@ -95,10 +95,10 @@ def run_transcribe_bench(cfg: Config, conversations: int | None = None,
     from components.common.channels import read_channel
     from components.common.stagekit import iter_items
     from components.common.storage import ObjectStore
-    from components.contract import ASR_SAMPLE_RATE, IngestedItem, Keys, Transcript, TranscribedItem
+    from components.contract import ASR_SAMPLE_RATE, IngestedItem, Keys, TranscribedItem, Transcript
     from components.ingest.logic import ingest
     from components.simulate.generate import simulate_conversations
-    from components.transcribe.asr import (
+    from components.speech.asr import (
         _available_cpus,
         detect_speech,
         resolve_whisper_checkpoint,

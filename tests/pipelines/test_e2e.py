@@ -116,7 +116,7 @@ def test_demo_end_to_end(tmp_path):
     validate_manifest(canary, CRD_PATH)
     predictor = canary["spec"]["predictor"]
     assert predictor["canaryTrafficPercent"] == cfg.deploy.canary_percent
-    env = {e["name"]: e["value"] for e in predictor["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in predictor["containers"][0]["env"]}
     assert env["STORAGE_URI"].startswith(f"s3://{cfg.storage.bucket}/")
     assert summary["canary"]["proposed"] == (gate["verdict"] == "promote")
 

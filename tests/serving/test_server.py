@@ -35,15 +35,35 @@ pytestmark = pytest.mark.integration
 FRAMES = 12  # ~1 s per streamed conversation (ingest needs >= 0.5 s)
 
 
-def metric(url: str, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels`` (0 when absent)."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+def _sum(text: str, name: str, labels: dict[str, str]) -> float:
     total = 0.0
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 total += s.value
     return total
+
+
+# Metrics live in prometheus_client's process-wide registry: every server of the same model
+# version in this test process (evaluation, the bench) adds to the same series. Tests therefore
+# assert what changed since they began (gauges: their value now).
+_BASELINES: dict[str, str] = {}
+
+
+def since(url: str) -> str:
+    """Take the baseline of ``url``'s metrics (call before the test's traffic)."""
+    _BASELINES[url] = httpx.get(f"{url}/metrics", timeout=10).text
+    return url
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` (0 when absent), minus
+    its value at ``since(url)`` for counters and histograms (gauges as they are)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    now = _sum(text, name, labels)
+    if url in _BASELINES and not name.endswith("active_streams"):
+        now -= _sum(_BASELINES[url], name, labels)
+    return now
 
 
 def keys(store: ObjectStore, prefix: str) -> list[str]:
@@ -60,7 +80,7 @@ def stream(ws_url: str, user: str, audio: np.ndarray, out: list, **kw) -> Stream
 def test_oip_v2_health_metadata_and_infer(serve_cfg: Config, tiny_checkpoint: Path) -> None:
     with running_server(serve_cfg, str(tiny_checkpoint)) as srv:
         assert srv.url.startswith("http://127.0.0.1:")
-        base, name = srv.url, srv.model_name
+        base, name = since(srv.url), srv.model_name
         assert httpx.get(f"{base}/v2/health/live").json() == {"live": True}
         assert httpx.get(f"{base}/v2/health/ready").json() == {"ready": True}
         assert httpx.get(f"{base}/v2/models/{name}/ready").json()["ready"] is True
@@ -112,7 +132,7 @@ def test_streams_batched_logged_with_consent_only(serve_cfg: Config,
     grant(serve_cfg, "bob", granted=False)
     store = ObjectStore.from_config(serve_cfg.storage)
     with running_server(serve_cfg, str(tiny_checkpoint)) as srv:
-        v, base = srv.model_version, srv.url
+        v, base = srv.model_version, since(srv.url)
         before = metric(base, "duplexalign_frame_step_seconds_count", model_version=v)
         frames: dict[str, list[StreamFrame]] = {"alice": [], "bob": []}
         sessions: dict[str, StreamSession] = {}
@@ -178,6 +198,7 @@ def test_a_client_can_opt_out_of_logging_but_never_in(serve_cfg: Config,
     grant(serve_cfg, "carol")
     store = ObjectStore.from_config(serve_cfg.storage)
     with running_server(serve_cfg, str(tiny_checkpoint)) as srv:
+        since(srv.url)
         got: list[StreamFrame] = []
         session = stream(srv.ws_url, "carol", user_audio(4, seed=7), got, log=False)
         closed = session.close()
@@ -306,6 +327,7 @@ def test_stream_refusals(serve_cfg: Config, tiny_checkpoint: Path) -> None:
 
     serve_cfg.serving.max_streams = 2
     with running_server(serve_cfg, str(tiny_checkpoint)) as srv:
+        since(srv.url)
         with connect(srv.ws_url) as ws:  # no user_id
             assert "user_id" in json.loads(ws.recv(timeout=30))["message"]
             with pytest.raises(ConnectionClosed) as closed:

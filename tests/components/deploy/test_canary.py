@@ -132,12 +132,14 @@ def _judgement(cid: str, version: str, score: float):
 
 @pytest.mark.integration
 def test_status_recommends_from_live_metrics_and_judgements(
-        metrics_server: dict[str, bytes], store, tmp_path: Path) -> None:
+        metrics_server: dict[str, bytes], store, services_config: Config,
+        tmp_path: Path) -> None:
     from components.contract import Keys
     from components.deploy.inferenceservice import canary_manifest, init_manifest
     from components.deploy.logic import deploy
 
-    cfg: Config = load_config("ci", overrides=["deploy.min_canary_conversations=3"])
+    cfg = services_config.model_copy(deep=True)  # the session's live S3 and MLflow
+    cfg.deploy = cfg.deploy.model_copy(update={"min_canary_conversations": 3})
     for i in range(4):  # stable replies score (h + 5) / 2 = 4.5, the canary's 3.5
         store.put_json(Keys.judgement(f"s{i}", "judge-a"),
                        _judgement(f"s{i}", STABLE, 4.0).model_dump(mode="json"))

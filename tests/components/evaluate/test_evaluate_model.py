@@ -114,3 +114,26 @@ def test_evaluate_a_tiny_random_model(eval_cfg: Config, tiny_model_dir: Path) ->
     assert time.monotonic() - t0 < min(10.0, first_s)
     experiment = client.get_experiment_by_name(eval_cfg.mlflow.experiment)
     assert len(client.search_runs([experiment.experiment_id])) == 1
+
+
+def test_answers_read_from_the_audio_the_predictor_streamed(eval_cfg: Config, tiny_model_dir: Path,
+                                                           tiny_en_checkpoint: Path,
+                                                           whisper_cache_dir: Path) -> None:
+    """evaluate.answers = "audio" (production): the served stream sends the model's audio back,
+    every scored reply with words is transcribed by the transcribe stage's Whisper, and the
+    text stream's words are kept beside the transcript."""
+    cfg = eval_cfg.model_copy(deep=True)
+    name = f"eval-audio-{uuid.uuid4().hex[:8]}"
+    cfg.storage.bucket, cfg.mlflow.experiment = name, name
+    cfg.evaluate = cfg.evaluate.model_copy(update={
+        "answers": "audio", "backend": "served", "qa_items": 3, "qa_new_phrasing_items": 1,
+        "unsafe_items": 1, "benign_edgy_items": 1})
+    cfg.transcribe = cfg.transcribe.model_copy(update={
+        "model_source": str(tiny_en_checkpoint), "model_cache_dir": str(whisper_cache_dir)})
+    report = evaluate_model(cfg, str(tiny_model_dir), progress=False)
+    asked = [r for r in report.replies if r["asked"]]
+    assert asked and {r["answer_source"] for r in asked} == {"audio"}
+    spoke = [r for r in asked if r["first_word_start"] is not None]
+    assert spoke and all(r["stream_text"] is not None and r["last_word_end"] is not None
+                         for r in spoke)
+    assert report.config["evaluate"]["answers"] == "audio"

@@ -1,4 +1,5 @@
-"""Shared fixtures for the transcribe tests: tiny.en converted once per session."""
+"""Fixtures shared by the component tests: Whisper tiny.en converted once per session (speech,
+transcribe and evaluate use it)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def whisper_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_en_checkpoint(whisper_cache_dir: Path) -> Path:
     """tiny.en converted to an openai-whisper checkpoint, through the production resolver."""
-    from components.transcribe.asr import resolve_whisper_checkpoint
+    from components.speech.asr import resolve_whisper_checkpoint
 
     return resolve_whisper_checkpoint("tiny.en", whisper_cache_dir)
 
@@ -31,6 +32,6 @@ def tiny_en_checkpoint(whisper_cache_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_en_model(tiny_en_checkpoint: Path, whisper_cache_dir: Path):
     """The loaded model (alignment heads applied, inference-prepared), as the stage loads it."""
-    from components.transcribe.asr import load_whisper
+    from components.speech.asr import load_whisper
 
     return load_whisper(str(tiny_en_checkpoint), whisper_cache_dir)

@@ -9,7 +9,7 @@ import jiwer
 import numpy as np
 import pytest
 
-from components.transcribe.asr import (
+from components.speech.asr import (
     PackedWindow,
     VadConfig,
     Word,
@@ -128,7 +128,7 @@ def test_packing_limits_and_time_mapping() -> None:
 
 
 def test_packing_several_channels_and_word_attribution() -> None:
-    from components.transcribe.asr import _pack
+    from components.speech.asr import _pack
 
     # three conversations' regions share windows; pieces keep their channel and channel time
     regions = [(0, 1.0, 6.0), (0, 10.0, 12.0), (1, 0.5, 4.5), (2, 3.0, 9.0)]

@@ -14,8 +14,8 @@ import pytest
 import torch
 import whisper
 
-from components.transcribe import whisper_ct2
-from components.transcribe.whisper_ct2 import (
+from components.speech import whisper_ct2
+from components.speech.whisper_ct2 import (
     apply_alignment_heads,
     convert_ct2_to_openai_whisper,
     parse_ct2_model_bin,

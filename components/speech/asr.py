@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from components.transcribe.whisper_ct2 import (
+from components.speech.whisper_ct2 import (
     apply_alignment_heads,
     convert_ct2_to_openai_whisper,
     ct2_content_sha256,
@@ -358,6 +358,11 @@ def _as_mono_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
         g = math.gcd(int(sample_rate), SAMPLE_RATE)
         audio = resample_poly(audio, SAMPLE_RATE // g, int(sample_rate) // g).astype(np.float32)
     return np.ascontiguousarray(audio)
+
+
+def to_mono_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """A mono channel at any rate as the 16 kHz float32 Whisper takes (evaluation's answers)."""
+    return _as_mono_16k(audio, sample_rate)
 
 
 def _is_silent(audio: np.ndarray) -> bool:
