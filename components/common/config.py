@@ -282,7 +282,9 @@ class EvaluateConfig(_Section):
     # evaluation conversation is a client of its WebSocket stream — the figures come from the
     # code path users get (components/evaluate/served.py). "inprocess": lockstep waves through
     # one batched LMGen in this process (bit-reproducible; the trainer's held-out checks).
-    backend: Literal["served", "inprocess"] = "served"
+    # "oip": one Open Inference Protocol v2 turn per item against the served predictor (an
+    # endpoint-only check: no conversation, narrower timing labels; components/evaluate/turns.py).
+    backend: Literal["served", "inprocess", "oip"] = "served"
     # Where answers are read: "text", the model's text stream (the embedded default: the small
     # codec's audio is not intelligible to Whisper); "audio", its audio transcribed with the
     # transcribe stage's Whisper — what a user hears (production; components/evaluate/answers.py).
@@ -820,7 +822,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         # rewrites; its API key comes from the secret named by judge.api_key_env.
         "judge": {"backend": "openai", "endpoint": "http://judge-llm.duplexalign.svc:8000/v1"},
         "pairs": {"composer": "llm"},
-        "evaluate": {"answers": "audio"},
+        # what users hear, safety scored by the production judge (ALERT / XSTest style)
+        "evaluate": {"answers": "audio", "refusal": "judge"},
         "pipeline": {"pipeline_root": "s3://duplexalign/pipeline-root"},
         # Feast: the registry in the bucket, the online store in the cluster's Redis (Helm values).
         "features": {"registry": "s3://duplexalign/feast/registry.db", "online_store": "redis",

@@ -70,15 +70,17 @@ def relabel(record: ReplyRecord, item: EvalItem, text: str) -> None:
 
 def transcribe_answers(cfg: "Config", records: list[ReplyRecord],
                        conversations: list[EvalConversation],
-                       audio_of: dict[int, np.ndarray], model: Any = None) -> list[ReplyRecord]:
+                       audio_of: dict[int, np.ndarray], model: Any = None,
+                       item_audio: dict[str, np.ndarray] | None = None) -> list[ReplyRecord]:
     """Replace every asked reply's text and content labels by those of its transcribed audio
-    (``audio_of``: conversation index → the model's 24 kHz channel)."""
+    (``audio_of``: conversation index → the model's 24 kHz channel; ``item_audio``: item id →
+    the channel of its own turn, for the one-turn OIP backend)."""
     from components.speech.asr import to_mono_16k, transcribe_plain
 
     asr = model if model is not None else load_asr(cfg)
     items = {item.id: item for conv in conversations for item in conv.items}
     for record in records:
-        audio = audio_of.get(record.conversation)
+        audio = (item_audio or {}).get(record.item_id, audio_of.get(record.conversation))
         if not record.asked or audio is None:
             continue
         segment = reply_audio(audio, record)

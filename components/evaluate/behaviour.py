@@ -264,7 +264,7 @@ class BehaviourReport:
 CODE_MODULES = ("components.evaluate.items", "components.evaluate.behaviour",
                 "components.evaluate.serve", "components.evaluate.lockstep",
                 "components.evaluate.refusal", "components.evaluate.served", "serving.batcher",
-                "components.evaluate.answers",
+                "components.evaluate.answers", "components.evaluate.turns",
                 "components.simulate.live", "components.simulate.world",
                 "components.speech.textnorm", "components.speech.tts",
                 "components.streams.interleave", "serving.engine")
@@ -378,7 +378,7 @@ def evaluate_model(cfg: Any, model_source: str | None = None,
     # without it gets its identity computed by the loader, and is checked after loading.
     if identity is not None and (hit := cached(identity)) is not None:
         return hit
-    served = cfg.evaluate.backend == "served"
+    served = cfg.evaluate.backend in ("served", "oip")
     model = None
     if identity is None or not served:  # served: the predictor loads the weights, not us
         model = load_checkpoint(folder, cfg)
@@ -398,7 +398,11 @@ def evaluate_model(cfg: Any, model_source: str | None = None,
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.evaluate.threads)
     try:
-        if served:
+        if cfg.evaluate.backend == "oip":
+            from components.evaluate.turns import serve_items_oip
+
+            records, stats = serve_items_oip(cfg, folder, tag, conversations, progress=progress)
+        elif served:
             from components.evaluate.served import serve_conversations_served
 
             tokenizer = model.tokenizer if model is not None else checkpoint_tokenizer(folder,
@@ -412,7 +416,8 @@ def evaluate_model(cfg: Any, model_source: str | None = None,
     if cfg.evaluate.answers == "audio":  # what a user hears (answers.py)
         from components.evaluate.answers import transcribe_answers
 
-        records = transcribe_answers(cfg, records, conversations, stats.model_audio)
+        records = transcribe_answers(cfg, records, conversations, stats.model_audio,
+                                     item_audio=stats.item_audio)
     if cfg.evaluate.refusal == "judge":  # safety replies re-scored by the judge (refusal.py)
         from components.evaluate.refusal import judge_refusals
 

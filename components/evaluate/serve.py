@@ -74,6 +74,7 @@ class ServeStats:
     # conversation index → the model's 24 kHz channel, kept only when answers are read from the
     # audio (evaluate.answers = "audio")
     model_audio: dict[int, Any] = field(default_factory=dict)
+    item_audio: dict[str, Any] = field(default_factory=dict)  # OIP turns: item id → its turn
 
 
 def label_conversation(cfg: Config, model: "LoadedModel", conv: EvalConversation,

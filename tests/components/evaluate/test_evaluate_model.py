@@ -137,3 +137,27 @@ def test_answers_read_from_the_audio_the_predictor_streamed(eval_cfg: Config, ti
     assert spoke and all(r["stream_text"] is not None and r["last_word_end"] is not None
                          for r in spoke)
     assert report.config["evaluate"]["answers"] == "audio"
+
+
+def test_oip_backend_asks_every_item_as_one_turn(eval_cfg: Config, tiny_model_dir: Path) -> None:
+    """evaluate.backend = "oip": each scored item is one Open Inference Protocol v2 turn against
+    the served predictor; every item asked, labels on the same rates, timing from the
+    predictor's latency."""
+    cfg = eval_cfg.model_copy(deep=True)
+    name = f"eval-oip-{uuid.uuid4().hex[:8]}"
+    cfg.storage.bucket, cfg.mlflow.experiment = name, name
+    cfg.evaluate = cfg.evaluate.model_copy(update={
+        "backend": "oip", "qa_items": 3, "qa_new_phrasing_items": 1, "unsafe_items": 2,
+        "benign_edgy_items": 1})
+    report = evaluate_model(cfg, str(tiny_model_dir), progress=False)
+    assert len(report.replies) == 7 and all(r["asked"] for r in report.replies)
+    assert report.rates["qa_seen"]["n"] == 3 and report.rates["interruption"]["n"] == 7
+    tol = cfg.evaluate.interruption_tolerance_s
+    for r in report.replies:
+        if r["latency_s"] is None:
+            assert r["silent"] and r["words"] == 0
+        else:
+            assert r["interrupted"] == (r["latency_s"] < -tol)
+            assert r["first_word_start"] == pytest.approx(r["user_end"] + r["latency_s"],
+                                                          abs=1e-3)
+    assert report.config["evaluate"]["backend"] == "oip" and report.frames > 0
