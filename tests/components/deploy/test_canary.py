@@ -27,20 +27,29 @@ from tests.components.deploy.conftest import CHALLENGER, CHAMPION, live_object
 STABLE, CANARY = CHAMPION.model_version, CHALLENGER.model_version
 
 
-def exposition(version: str, ok: int, errors: int, seconds: list[float]) -> bytes:
-    """One revision's /metrics as the serving process exposes it."""
-    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, float("inf"))
 
-    reg = CollectorRegistry()
-    requests = Counter("duplexalign_requests", "requests", ["model_version", "endpoint",
-                                                            "outcome"], registry=reg)
-    latency = Histogram("duplexalign_request_seconds", "latency", ["model_version", "endpoint"],
-                        buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=reg)
-    requests.labels(version, "infer", "ok").inc(ok)
-    requests.labels(version, "infer", "error").inc(errors)
-    for s in seconds:
-        latency.labels(version, "infer").observe(s)
-    return generate_latest(reg)
+
+def exposition(version: str, ok: int, errors: int, seconds: list[float]) -> bytes:
+    """One revision's /metrics as the serving process exposes it (Prometheus text format).
+
+    Written out here rather than through prometheus_client objects: when a process runs in
+    prometheus_client's multiprocess mode, values of same-named series are shared across
+    registries, and earlier tests of the session would add to these."""
+    lab = f'model_version="{version}",endpoint="infer"'
+    lines = ["# HELP duplexalign_requests_total requests",
+             "# TYPE duplexalign_requests_total counter",
+             f'duplexalign_requests_total{{{lab},outcome="ok"}} {float(ok)}',
+             f'duplexalign_requests_total{{{lab},outcome="error"}} {float(errors)}',
+             "# HELP duplexalign_request_seconds latency",
+             "# TYPE duplexalign_request_seconds histogram"]
+    for le in BUCKETS:
+        count = sum(1 for x in seconds if x <= le)
+        edge = "+Inf" if le == float("inf") else repr(le)
+        lines.append(f'duplexalign_request_seconds_bucket{{{lab},le="{edge}"}} {float(count)}')
+    lines += [f"duplexalign_request_seconds_count{{{lab}}} {float(len(seconds))}",
+              f"duplexalign_request_seconds_sum{{{lab}}} {float(sum(seconds))}"]
+    return ("\n".join(lines) + "\n").encode()
 
 
 @pytest.fixture
@@ -153,9 +162,10 @@ def test_status_recommends_from_live_metrics_and_judgements(
     metrics_server["/metrics"] = exposition(STABLE, 100, 0, [0.1] * 10) + exposition(
         CANARY, 20, 0, [0.1] * 10)
     url = metrics_server["url"].decode() + "/metrics"
+    text = scrape([url])
     canary, stable = canary_figures(cfg, canary_version=CANARY, stable_version=STABLE,
-                                    metrics_text=scrape([url]), store=store)
-    assert (canary.requests, canary.conversations) == (20, 4)
+                                    metrics_text=text, store=store)
+    assert (canary.requests, canary.conversations) == (20, 4), text
 
     manifest = canary_manifest(cfg, init_manifest(cfg, CHAMPION), CHALLENGER, 10)
     status = tmp_path / "isvc.json"
