@@ -48,3 +48,31 @@ compile: setup  ## write pipelines/alignment.yaml
 clean:  ## stop services and remove local state (keeps the venv)
 	-$(VENV)/bin/duplexalign services down
 	rm -rf .duplexalign
+
+# --- Container images (docs/images.md) ------------------------------------------------------------
+# make images REGISTRY=registry.example.com/team TAG=0.1.1   (config pipeline.image_registry and
+# pipeline.image_tag, chart values image.registry and image.tag must name the same two).
+REGISTRY ?= ghcr.io/duplexalign
+TAG ?= 0.1.0
+DOCKER ?= docker
+IMAGE_PLATFORM ?= linux/amd64
+IMAGE_CPU = $(patsubst %/,%,$(REGISTRY))/duplexalign:$(TAG)
+IMAGE_CUDA = $(patsubst %/,%,$(REGISTRY))/duplexalign-cuda:$(TAG)
+IMAGE_REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+# Extra build arguments per image, e.g. digest-pinned bases (docs/images.md):
+#   CPU_BUILD_ARGS='--build-arg PYTHON_IMAGE=python:3.11.17-slim-bookworm@sha256:...'
+#   CUDA_BUILD_ARGS='--build-arg CUDA_IMAGE=nvidia/cuda:12.6.3-base-ubuntu24.04@sha256:...'
+CPU_BUILD_ARGS ?=
+CUDA_BUILD_ARGS ?=
+IMAGE_COMMON_ARGS = --platform $(IMAGE_PLATFORM) --build-arg VERSION=$(TAG) \
+	--build-arg REVISION=$(IMAGE_REVISION)
+
+.PHONY: images images-push
+
+images:  ## build the component (CPU) and CUDA images: make images REGISTRY=... TAG=...
+	$(DOCKER) build $(IMAGE_COMMON_ARGS) $(CPU_BUILD_ARGS) -f components/Dockerfile -t $(IMAGE_CPU) .
+	$(DOCKER) build $(IMAGE_COMMON_ARGS) $(CUDA_BUILD_ARGS) -f serving/Dockerfile -t $(IMAGE_CUDA) .
+
+images-push: images  ## build, then push both images: make images-push REGISTRY=... TAG=...
+	$(DOCKER) push $(IMAGE_CPU)
+	$(DOCKER) push $(IMAGE_CUDA)

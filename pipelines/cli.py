@@ -38,6 +38,7 @@ examples:
                                             a Kubeflow TrainJob (or --kind PyTorchJob) to apply
   duplexalign run --input-manifest raw-...  run the pipeline (KFP local runner) on a sealed batch
   duplexalign compile                       write the pipeline's IR YAML (pipelines/alignment.yaml)
+  duplexalign submit --host URL [--run] [--schedule CRON]   upload it to Kubeflow Pipelines
   duplexalign bench transcribe              stage vs plain whisper_timestamped loop: RTF and WER
   duplexalign bench judge                   detectors and content judge vs the simulator's
                                             labels; replies/s at concurrency 1 and 8
@@ -188,9 +189,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    from components.common.config import load_config
     from pipelines.runner import COMPILED_PATH, compile_pipeline
 
-    print(compile_pipeline(Path(args.output) if args.output else COMPILED_PATH))
+    # the cluster's settings (images, GPU tasks, Secrets): the production profile unless named
+    cfg = load_config(args.profile or "production", args.config, args.set)
+    if args.image_registry:
+        cfg.pipeline.image_registry = args.image_registry
+    if args.image_tag:
+        cfg.pipeline.image_tag = args.image_tag
+    print(compile_pipeline(Path(args.output) if args.output else COMPILED_PATH, cfg))
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from pipelines.cluster.submit import submit_from_args
+
+    # not _config(args): submit talks to a KFP host only, never to the local services
+    print(json.dumps(submit_from_args(args, args.base_config)))
     return 0
 
 
@@ -423,8 +439,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--groundtruth-bucket", default="",
                    help="embedded world only: measure transcript WER against this bucket")
 
-    p = add("compile", cmd_compile, "compile the pipeline to KFP IR YAML")
+    p = add("compile", cmd_compile, "compile the pipeline to KFP IR YAML (the cluster's "
+                                    "settings: the production profile unless --profile names "
+                                    "another; --set pipeline.gpu_tasks=[transcribe,train,"
+                                    "evaluate], gpu_pool.*, secrets.*)")
     p.add_argument("--output", default=None, help="default: pipelines/alignment.yaml")
+    p.add_argument("--image-registry", default="", metavar="REGISTRY",
+                   help="where the images are pushed (default pipeline.image_registry: "
+                        "ghcr.io/duplexalign); docs/images.md")
+    p.add_argument("--image-tag", default="", metavar="TAG",
+                   help="the images' tag (default pipeline.image_tag)")
+
+    from pipelines.cluster.submit import add_submit_arguments
+
+    add_submit_arguments(add("submit", cmd_submit, "upload the compiled pipeline to Kubeflow "
+                                                   "Pipelines as a content-named version; "
+                                                   "optionally start a run (--run) or keep a "
+                                                   "recurring run (--schedule)"))
 
     p = add("demo", cmd_demo, "the whole platform on this machine: services up, bootstrap the "
                               "champion, it serves simulated users, the pipeline (ingest, "

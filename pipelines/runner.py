@@ -28,12 +28,23 @@ def pipeline_overrides(cfg: Config) -> dict[str, Any]:
     return {k: v for k, v in sorted(mine.items()) if base.get(k) != v and k != "profile"}
 
 
-def compile_pipeline(path: Path = COMPILED_PATH) -> Path:
+def compile_pipeline(path: Path = COMPILED_PATH, cfg: Config | None = None) -> Path:
+    """KFP IR YAML of the pipeline with the cluster settings of ``cfg`` (default: the committed
+    pipeline's, pipelines.alignment.compile_config): every executor runs in the component image,
+    the GPU tasks in the CUDA image (``pipeline.image_registry``/``image_tag``)."""
+    import yaml
     from kfp import compiler
 
-    from pipelines.alignment import alignment_pipeline
+    from pipelines.alignment import build_pipeline, compile_config
 
-    compiler.Compiler().compile(alignment_pipeline, str(path))
+    cfg = cfg or compile_config()
+    compiler.Compiler().compile(build_pipeline(cfg), str(path))
+    docs = list(yaml.safe_load_all(path.read_text()))
+    gpu_executors = {f"exec-{task}-op" for task in cfg.pipeline.gpu_tasks}
+    for name, executor in docs[0]["deploymentSpec"]["executors"].items():
+        executor["container"]["image"] = (cfg.pipeline.gpu_image if name in gpu_executors
+                                          else cfg.pipeline.image)
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=True))
     return path
 
 

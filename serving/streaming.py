@@ -332,14 +332,12 @@ class StreamHub:
 
 def user_consents_now(cfg: "Config", user_id: str) -> bool:
     """Ask the consent registry (the source of truth) with the user's pseudonym, now."""
-    import os
 
     from components.common.consent import ConsentRegistry
     from components.common.privacy import load_pseudonym_key, pseudonymise
 
     pseudonym = pseudonymise(user_id, load_pseudonym_key(cfg.scrub))
-    registry = ConsentRegistry.from_dsn(cfg.consent.dsn,
-                                        password=os.environ.get(cfg.consent.password_env))
+    registry = ConsentRegistry.from_config(cfg.consent)
     try:
         registry.migrate()
         return registry.has_consent(pseudonym)

@@ -24,6 +24,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 ProfileName = Literal["ci", "demo", "production", "bench"]
+# A config YAML that every load reads when no file is named (a pod's mounted ConfigMap).
+CONFIG_ENV = "DUPLEXALIGN_CONFIG"
 
 
 class _Section(BaseModel):
@@ -61,6 +63,12 @@ class ConsentConfig(_Section):
 
     dsn: str = "sqlite:///.duplexalign/state/consent.db"
     password_env: str = "DUPLEXALIGN_CONSENT_DB_PASSWORD"
+    # In a cluster the whole DSN (it names the database user and may carry its password) comes
+    # from a Secret through this variable, which takes precedence over ``dsn`` when set.
+    dsn_env: str = "DUPLEXALIGN_CONSENT_DSN"
+
+    def resolved_dsn(self) -> str:
+        return (os.environ.get(self.dsn_env, "").strip() if self.dsn_env else "") or self.dsn
 
 
 class ServicesConfig(_Section):
@@ -657,14 +665,15 @@ class DeployConfig(_Section):
     manifest_path: str = "manifests/serving/inferenceservice.yaml"
     namespace: str = "duplexalign"
     name: str = "duplexalign-moshi"
-    image: str = "ghcr.io/duplexalign/duplexalign-serving:0.1.0"
+    image: str = ""  # "" = pipeline.gpu_image (the CUDA image holds the predictor)
     service_account: str = "duplexalign-serving"
-    # An existing Secret (never created or read here) with keys s3-access-key, s3-secret-key,
-    # pseudonym-key, consent-db-password: the predictor logs consented conversations to S3.
-    secret_name: str = "duplexalign-serving"
     canary_percent: int = Field(default=10, ge=0, le=100)
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(default=2, ge=1)
+    # Knative's revision timeout (the predictor's ``timeout``): the longest one request — a
+    # whole WebSocket conversation — may last, and a draining pod's grace after SIGTERM. The
+    # cluster's max-revision-timeout-seconds (Knative default 600) must allow it.
+    request_timeout_s: int = Field(default=600, ge=30)
     # The predictor's pod: requests/limits; with gpu, one accelerator of gpu_pool's type on the
     # GPU node pool (gpu_pool's node selector and tolerations, shared with the train task).
     gpu: bool = True
@@ -690,8 +699,9 @@ class GpuTolerationConfig(_Section):
 
 
 class GpuPoolConfig(_Section):
-    """Where GPU tasks (train) run on a cluster: applied to the compiled pipeline through
-    kfp-kubernetes (docs/train.md lists the GKE / EKS / AKS label conventions)."""
+    """Where GPU tasks (pipeline.gpu_tasks) and the predictor run on a cluster: applied to the
+    compiled pipeline through kfp-kubernetes (docs/cluster.md lists the GKE / EKS / AKS label
+    conventions)."""
 
     accelerator_type: str = "nvidia.com/gpu"  # the extended resource the device plugin exposes
     accelerator_limit: int = Field(default=1, ge=1)
@@ -703,11 +713,66 @@ class GpuPoolConfig(_Section):
     memory_request: str | int = "64G"
 
 
+GpuTask = Literal["transcribe", "train", "evaluate"]
+
+
 class PipelineConfig(_Section):
+    """The pipeline on a cluster: its images, which tasks run on the GPU node pool, where the
+    platform's settings and secrets come from (docs/cluster.md). Read at compile time."""
+
     name: str = "duplexalign-alignment"
-    # Base image of every lightweight component (the project's image; cluster issue builds it).
-    image: str = "ghcr.io/duplexalign/duplexalign:0.1.0"
+    # Images (docs/images.md): <registry>/duplexalign:<tag> is the CPU component image every
+    # lightweight component runs in; <registry>/duplexalign-cuda:<tag> (CUDA torch) runs the GPU
+    # tasks and the KServe predictor.
+    image_registry: str = "ghcr.io/duplexalign"
+    image_tag: str = "0.1.0"
+    # Tasks that ask for an accelerator on gpu_pool and run in the CUDA image. Whisper large-v3
+    # transcribes ~10x faster on a GPU: add "transcribe" where raw batches are large.
+    gpu_tasks: list[GpuTask] = Field(default_factory=lambda: ["train", "evaluate"])
+    # The platform's non-secret settings (a config YAML, key config.yaml) that the Helm chart
+    # renders; every task mounts it and reads it through DUPLEXALIGN_CONFIG (optional: a
+    # cluster without it runs on the profile and the run's overrides alone).
+    config_map: str = "duplexalign-config"
+    config_mount: str = "/etc/duplexalign"
+    # Pulling the images from a private registry (Secret names only).
+    image_pull_secrets: list[str] = Field(default_factory=list)
     pipeline_root: str = ".duplexalign/pipeline-root"
+
+    @property
+    def image(self) -> str:
+        return f"{self.image_registry.rstrip('/')}/duplexalign:{self.image_tag}"
+
+    @property
+    def gpu_image(self) -> str:
+        return f"{self.image_registry.rstrip('/')}/duplexalign-cuda:{self.image_tag}"
+
+
+class SecretKeyRef(_Section):
+    """A key of an existing Kubernetes Secret (by reference: no value is ever configured)."""
+
+    name: str
+    key: str
+    optional: bool = False  # the Secret may be absent (e.g. a judge endpoint without a key)
+
+
+class SecretsConfig(_Section):
+    """Which Secret holds what, in the namespace the pipeline's tasks and the predictor run in.
+    Shared by the compiled pipeline (kfp-kubernetes), the InferenceService, the training jobs
+    and the Helm chart's values (helm/duplexalign): each becomes the env variable the
+    configuration reads it from (storage.access_key_env, ..., consent.dsn_env)."""
+
+    s3_access_key: SecretKeyRef = Field(
+        default_factory=lambda: SecretKeyRef(name="duplexalign-s3", key="access-key"))
+    s3_secret_key: SecretKeyRef = Field(
+        default_factory=lambda: SecretKeyRef(name="duplexalign-s3", key="secret-key"))
+    pseudonym_key: SecretKeyRef = Field(
+        default_factory=lambda: SecretKeyRef(name="duplexalign-pseudonym", key="key"))
+    consent_dsn: SecretKeyRef = Field(
+        default_factory=lambda: SecretKeyRef(name="duplexalign-consent-db", key="dsn"))
+    judge_api_key: SecretKeyRef = Field(default_factory=lambda: SecretKeyRef(
+        name="duplexalign-judge", key="api-key", optional=True))
+    redis_password: SecretKeyRef = Field(default_factory=lambda: SecretKeyRef(
+        name="duplexalign-redis", key="password", optional=True))
 
 
 class Config(_Section):
@@ -740,6 +805,21 @@ class Config(_Section):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+    secrets: SecretsConfig = Field(default_factory=SecretsConfig)
+
+    def secret_env(self, *names: str) -> dict[str, SecretKeyRef]:
+        """Env variable → Secret key for the named secrets (all when none are named): the
+        variables are the ones the configuration reads each secret from."""
+        env = {"s3_access_key": self.storage.access_key_env,
+               "s3_secret_key": self.storage.secret_key_env,
+               "pseudonym_key": self.scrub.pseudonym_key_env,
+               "consent_dsn": self.consent.dsn_env,
+               "judge_api_key": self.judge.api_key_env,
+               "redis_password": self.features.redis_password_env}
+        unknown = set(names) - set(env)
+        if unknown:
+            raise ValueError(f"unknown secrets {sorted(unknown)}; known: {sorted(env)}")
+        return {env[n]: getattr(self.secrets, n) for n in (names or tuple(env)) if env[n]}
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -872,9 +952,13 @@ def load_config(
     yaml_path: str | Path | None = None,
     overrides: list[str] | dict[str, Any] | None = None,
 ) -> Config:
-    """Build the configuration: defaults ← profile ← YAML file ← overrides."""
+    """Build the configuration: defaults ← profile ← YAML file ← overrides. With no file named,
+    the file $DUPLEXALIGN_CONFIG names is read when it exists (a pod's mounted ConfigMap: the
+    platform's endpoints on a cluster)."""
     data: dict[str, Any] = {}
     file_data: dict[str, Any] = {}
+    if not yaml_path and os.environ.get(CONFIG_ENV) and Path(os.environ[CONFIG_ENV]).is_file():
+        yaml_path = os.environ[CONFIG_ENV]
     if yaml_path:
         file_data = yaml.safe_load(Path(yaml_path).read_text()) or {}
     name = profile or file_data.get("profile") or os.environ.get("DUPLEXALIGN_PROFILE") or "demo"

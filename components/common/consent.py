@@ -192,7 +192,7 @@ class ConsentRegistry:
     @classmethod
     def from_config(cls, cfg: ConsentConfig) -> "ConsentRegistry":
         password = os.environ.get(cfg.password_env) if cfg.password_env else None
-        return cls.from_dsn(cfg.dsn, password=password or None)
+        return cls.from_dsn(cfg.resolved_dsn(), password=password or None)
 
     @property
     def backend(self) -> str:

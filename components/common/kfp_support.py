@@ -9,12 +9,13 @@ the package). Each component body only parses its parameters and calls the stage
 from __future__ import annotations
 
 import json
-import os
 
 from components.common.config import Config, PipelineConfig, load_config
 
-# The image every component runs in on a cluster; set at compile time (registry and tag).
-IMAGE = os.environ.get("DUPLEXALIGN_IMAGE", PipelineConfig().image)
+# The component image by default; pipelines/runner.py compile_pipeline sets every executor's
+# image from the configuration (pipeline.image_registry / image_tag; the GPU tasks get the CUDA
+# image), so this is only the definition-time default.
+IMAGE = PipelineConfig().image
 
 
 def config_from_params(profile: str, overrides_json: str) -> Config:

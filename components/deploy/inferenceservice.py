@@ -27,6 +27,9 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from components.common.config import CONFIG_ENV
+from components.common.podsecurity import container_security_context, tmp_mount, tmp_volume
+
 if TYPE_CHECKING:  # pragma: no cover
     from components.common.config import Config
     from components.deploy.sources import DeploySource
@@ -100,15 +103,14 @@ def _label_value(text: str) -> str:
 
 
 def secret_env(cfg: "Config") -> list[dict[str, Any]]:
-    """The predictor's secrets as env vars read from the existing Secret ``deploy.secret_name``
-    (by reference: no value ever reaches a manifest); the variable names are the ones the
-    configuration reads them from."""
-    names = {"s3-access-key": cfg.storage.access_key_env,
-             "s3-secret-key": cfg.storage.secret_key_env,
-             "pseudonym-key": cfg.scrub.pseudonym_key_env,
-             "consent-db-password": cfg.consent.password_env}
-    return [{"name": name, "valueFrom": {"secretKeyRef": {
-        "name": cfg.deploy.secret_name, "key": key}}} for key, name in names.items()]
+    """The predictor's secrets as env vars read from existing Secrets (``cfg.secrets``, by
+    reference: no value ever reaches a manifest), under the names the configuration reads them
+    from: S3 (the storage initializer and the conversation log), the pseudonymisation key and
+    the consent registry's DSN (consent is asked at close)."""
+    refs = cfg.secret_env("s3_access_key", "s3_secret_key", "pseudonym_key", "consent_dsn")
+    return [{"name": env, "valueFrom": {"secretKeyRef": {
+        "name": ref.name, "key": ref.key, **({"optional": True} if ref.optional else {})}}}
+        for env, ref in refs.items()]
 
 
 def render_inferenceservice(
@@ -131,7 +133,7 @@ def render_inferenceservice(
         resources["limits"][pool.accelerator_type] = "1"
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
-        "image": d.image,
+        "image": d.image or cfg.pipeline.gpu_image,
         # the predictor binds the pod's one port on every interface and loads /mnt/models
         # serving/__main__.py: the folder the storage initializer filled, on the pod's one port,
         # reporting the REGISTRY version (a folder alone would be tagged "path:<sha>"): metrics
@@ -141,12 +143,17 @@ def render_inferenceservice(
                  "--model-version", served.model_version, "--host", "0.0.0.0",
                  "--port", str(PORT)],
         "env": [{"name": "STORAGE_URI", "value": served.storage_uri},
-                # the pod's configuration: the production profile, secrets by reference only
+                # the pod's configuration: the production profile, the platform's settings
+                # (the Helm chart's ConfigMap, when present), secrets by reference only
                 {"name": "DUPLEXALIGN_PROFILE", "value": "production"},
+                {"name": CONFIG_ENV, "value": f"{cfg.pipeline.config_mount}/config.yaml"},
                 *secret_env(cfg)],
         "ports": [{"containerPort": PORT, "name": "http1", "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": PORT}},
         "resources": resources,
+        "securityContext": container_security_context(),
+        "volumeMounts": [tmp_mount(), {"name": "platform-config", "readOnly": True,
+                                       "mountPath": cfg.pipeline.config_mount}],
     }
     pod_annotations = {f"{A}model-version": served.model_version}
     pod_labels = {"app.kubernetes.io/name": "duplexalign-serving",
@@ -155,11 +162,19 @@ def render_inferenceservice(
         "minReplicas": d.min_replicas,
         "maxReplicas": d.max_replicas,
         "serviceAccountName": d.service_account,
-        # SIGTERM drains open streams (serving.drain_timeout_s) before the pod goes
-        "terminationGracePeriodSeconds": int(s.drain_timeout_s) + 10,
+        "automountServiceAccountToken": False,  # the predictor never calls the Kubernetes API
+        # Knative's revision timeout: the longest one request (a whole WebSocket conversation)
+        # may last, and the grace a pod gets to drain its streams after SIGTERM (Knative sets
+        # the pod's terminationGracePeriodSeconds from it and refuses that field itself)
+        "timeout": max(d.request_timeout_s, int(s.drain_timeout_s) + 10),
         "annotations": pod_annotations,
         "labels": pod_labels,
         "containers": [container],
+        # the restricted Pod Security Standard lives on the container (the image's user 10001,
+        # /tmp writable): Knative takes a pod securityContext only behind a feature flag
+        "volumes": [tmp_volume(), {"name": "platform-config", "configMap": {
+            "name": cfg.pipeline.config_map, "items": [{"key": "config.yaml",
+                                                        "path": "config.yaml"}]}}],
     }
     if d.gpu:  # the GPU node pool, as the train task reaches it (config.GpuPoolConfig)
         if pool.node_selector:

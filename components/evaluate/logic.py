@@ -36,6 +36,9 @@ class EvaluationOutcome:
     gate_run_id: str | None
     reasons: list[str]
     train_manifest_id: str | None = None
+    # On "promote": the GitOps step that takes the challenger to users, with the run's canary
+    # share (deploy.canary_percent) — a human runs it and merges the change (docs/deploy.md).
+    next_step: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,7 +154,10 @@ def evaluate_challenger(cfg: "Config", train_manifest_id: str,
             challenger=comparison.challenger.model_version, decision_key=decision.key,
             comparison_key=comparison.keys.get("json"),
             comparison_run_id=comparison.mlflow_run_id, gate_run_id=decision.mlflow_run_id,
-            reasons=list(decision.reasons), train_manifest_id=train_manifest_id)
+            reasons=list(decision.reasons), train_manifest_id=train_manifest_id,
+            next_step=(f"duplexalign deploy --canary {cfg.deploy.canary_percent} "
+                       f"--source models:/{comparison.challenger.model_version}"
+                       if decision.verdict == "promote" else None))
     store = ObjectStore.from_config(cfg.storage)
     writer = ManifestWriter(store, STAGE, train_manifest_id)
     writer.add_item(outcome.to_dict())

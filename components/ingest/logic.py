@@ -11,7 +11,6 @@ manifest of IngestedItem records. Per item, in order:
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -44,11 +43,13 @@ STAGE = "ingest"
 SEEN_PREFIX = "state/ingest/seen/"
 
 
-def seal_raw_batch(store: ObjectStore, prefix: str) -> str:
+def seal_raw_batch(store: ObjectStore, prefix: str, pending_only: bool = False) -> str:
     """List a logged batch ONCE, pin every object's version, write the immutable raw manifest.
 
     Objects are grouped by their conversation folder (`<prefix>.../<conversation_id>/<name>`);
-    anything else is kept as an item too, so ingest reports it instead of silently ignoring it."""
+    anything else is kept as an item too, so ingest reports it instead of silently ignoring it.
+    ``pending_only``: leave out conversations ingest has already seen (a scheduled run seals
+    everything logged under ``raw/`` since the last one: nothing is ingested twice)."""
     prefix = prefix if prefix.endswith("/") else prefix + "/"
     writer = ManifestWriter(store, "raw", None)
     groups: dict[str, dict[str, ObjectRef]] = defaultdict(dict)
@@ -61,6 +62,8 @@ def seal_raw_batch(store: ObjectStore, prefix: str) -> str:
                                                size=version.size)
     for folder in sorted(groups):
         cid = folder.rstrip("/").rsplit("/", 1)[-1]
+        if pending_only and store.exists(SEEN_PREFIX + f"{cid}.json"):
+            continue
         writer.add_item(RawItem(conversation_id=cid, prefix=folder,
                                 objects=dict(sorted(groups[folder].items()))).model_dump(mode="json"))
     return writer.close({"prefix": prefix}).manifest_id
@@ -83,8 +86,7 @@ def _ledger(store: ObjectStore, item: RawItem, pseudonym: str, run: str, deleted
 def ingest(cfg: Config, input_manifest_id: str, concurrency: int = 8) -> StageRun:
     store = ObjectStore.from_config(cfg.storage)
     manifest = load_manifest(store, input_manifest_id)
-    registry = ConsentRegistry.from_dsn(cfg.consent.dsn,
-                                        password=os.environ.get(cfg.consent.password_env))
+    registry = ConsentRegistry.from_config(cfg.consent)
     registry.migrate()
     key = load_pseudonym_key(cfg.scrub)
     run = f"{STAGE}-{input_manifest_id}"

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import sys
 import time
@@ -640,7 +639,7 @@ def simulate_conversations(cfg: Config, n: int | None = None, batch: str | None 
     gt_store = ObjectStore.from_config(cfg.storage, bucket=cfg.storage.groundtruth_bucket)
     gt_store.ensure_bucket(versioning=True)
     key = load_pseudonym_key(cfg.scrub, create=True)
-    registry = ConsentRegistry.from_dsn(cfg.consent.dsn, password=os.environ.get(cfg.consent.password_env))
+    registry = ConsentRegistry.from_config(cfg.consent)
     registry.migrate()
     kb_keys = publish_kb(store)
 

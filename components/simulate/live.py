@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import random
 import re
 import sys
@@ -733,8 +732,7 @@ def _simulate_with_policy(cfg: Config, model_source: str | None, n: int | None,
     gt_store = ObjectStore.from_config(cfg.storage, bucket=cfg.storage.groundtruth_bucket)
     gt_store.ensure_bucket(versioning=True)
     key = load_pseudonym_key(cfg.scrub, create=True)
-    registry = ConsentRegistry.from_dsn(cfg.consent.dsn,
-                                        password=os.environ.get(cfg.consent.password_env))
+    registry = ConsentRegistry.from_config(cfg.consent)
     registry.migrate()
     kb_keys = publish_kb(store)
     tts = PiperSynthesizer(USER_VOICE, cfg.simulate.tts_cache_dir)

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from components.common.config import Config, load_config
+from components.common.config import Config, SecretKeyRef, load_config
 
 JobKind = Literal["TrainJob", "PyTorchJob"]
 TRAINJOB_API = "trainer.kubeflow.org/v1alpha1"
@@ -46,13 +46,6 @@ PYTORCHJOB_CONTAINER = "pytorch"
 _SHM_VOLUME = "dshm"
 
 
-class SecretKeyRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    secret: str = Field(min_length=1)  # the Secret's name, in the job's namespace
-    key: str = Field(min_length=1)
-
-
 class ClusterJobOptions(BaseModel):
     """What the rendered job needs beyond the configuration (candidates for a config section)."""
 
@@ -60,7 +53,7 @@ class ClusterJobOptions(BaseModel):
 
     namespace: str = "duplexalign"
     name: str = ""  # "" = duplexalign-train-<dataset version>-<hash>, within 63 characters
-    image: str = ""  # "" = cfg.pipeline.image (the project's image holds the trainer)
+    image: str = ""  # "" = cfg.pipeline.gpu_image (the CUDA image holds the trainer)
     runtime: str = "torch-distributed"  # TrainJob: the (Cluster)TrainingRuntime to run on
     runtime_kind: Literal["ClusterTrainingRuntime", "TrainingRuntime"] = "ClusterTrainingRuntime"
     cpu_per_node: str = ""  # "" = cfg.gpu_pool.cpu_request
@@ -69,11 +62,7 @@ class ClusterJobOptions(BaseModel):
     # transport with several GPUs per node. "" = leave /dev/shm as the runtime has it.
     shm_size: str = "16Gi"
     service_account: str = ""  # "" = the namespace's default
-    # The Secret holding the S3 credentials (same keys as the local credentials file).
-    s3_secret: str = "duplexalign-s3"
-    s3_access_key_key: str = "access_key"
-    s3_secret_key_key: str = "secret_key"
-    # More environment variables from Secrets (e.g. MLFLOW_TRACKING_TOKEN), by name only.
+    # The S3 credentials come from cfg.secrets (the Secrets the pipeline's tasks read). More environment variables from Secrets (e.g. MLFLOW_TRACKING_TOKEN), by name only.
     secret_env: dict[str, SecretKeyRef] = Field(default_factory=dict)
     backoff_limit: int = Field(default=3, ge=0)  # PyTorchJob: restarts of the whole job
 
@@ -133,13 +122,9 @@ def job_name(dataset_version: str) -> str:
 
 
 def _env(cfg: Config, options: ClusterJobOptions) -> list[dict[str, Any]]:
-    refs = {cfg.storage.access_key_env: SecretKeyRef(secret=options.s3_secret,
-                                                     key=options.s3_access_key_key),
-            cfg.storage.secret_key_env: SecretKeyRef(secret=options.s3_secret,
-                                                     key=options.s3_secret_key_key),
-            **options.secret_env}
+    refs = {**cfg.secret_env("s3_access_key", "s3_secret_key"), **options.secret_env}
     env: list[dict[str, Any]] = [{"name": "PYTHONUNBUFFERED", "value": "1"}]
-    env += [{"name": name, "valueFrom": {"secretKeyRef": {"name": ref.secret, "key": ref.key}}}
+    env += [{"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
             for name, ref in refs.items() if name]
     return env
 
@@ -194,7 +179,7 @@ def render_trainjob(cfg: Config, dataset_version: str, nodes: int, gpus_per_node
         raise ValueError("nodes and gpus_per_node must be >= 1")
     options = options or ClusterJobOptions()
     name = options.name or job_name(dataset_version)
-    image = options.image or cfg.pipeline.image
+    image = options.image or cfg.pipeline.gpu_image
     command = train_command(cfg, dataset_version)
     env = _env(cfg, options)
     resources = _resources(cfg, options, gpus_per_node)

@@ -37,18 +37,27 @@ def test_render_is_a_valid_serverless_custom_predictor(cfg: Config) -> None:
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
     pred = isvc["spec"]["predictor"]
     (container,) = pred["containers"]
-    assert container["env"][:2] == [{"name": "STORAGE_URI", "value": CHAMPION.storage_uri},
-                                    {"name": "DUPLEXALIGN_PROFILE", "value": "production"}]
-    # secrets only by reference to an existing Secret, under the names the config reads
-    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"][2:]}
-    assert refs == {cfg.storage.access_key_env: {"name": cfg.deploy.secret_name,
-                                                 "key": "s3-access-key"},
-                    cfg.storage.secret_key_env: {"name": cfg.deploy.secret_name,
-                                                 "key": "s3-secret-key"},
-                    cfg.scrub.pseudonym_key_env: {"name": cfg.deploy.secret_name,
-                                                  "key": "pseudonym-key"},
-                    cfg.consent.password_env: {"name": cfg.deploy.secret_name,
-                                               "key": "consent-db-password"}}
+    assert container["env"][:3] == [{"name": "STORAGE_URI", "value": CHAMPION.storage_uri},
+                                    {"name": "DUPLEXALIGN_PROFILE", "value": "production"},
+                                    {"name": "DUPLEXALIGN_CONFIG",
+                                     "value": "/etc/duplexalign/config.yaml"}]
+    # secrets only by reference to existing Secrets, under the names the config reads
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"][3:]}
+    assert refs == {cfg.storage.access_key_env: {"name": "duplexalign-s3", "key": "access-key"},
+                    cfg.storage.secret_key_env: {"name": "duplexalign-s3", "key": "secret-key"},
+                    cfg.scrub.pseudonym_key_env: {"name": "duplexalign-pseudonym", "key": "key"},
+                    cfg.consent.dsn_env: {"name": "duplexalign-consent-db", "key": "dsn"}}
+    assert all("value" not in e for e in container["env"][3:])
+    # the restricted Pod Security Standard: non-root, read-only root, no capabilities
+    # (on the container: Knative refuses a pod securityContext without a feature flag)
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"}}
+    assert "securityContext" not in pred and "terminationGracePeriodSeconds" not in pred
+    assert pred["timeout"] == cfg.deploy.request_timeout_s  # Knative's revision timeout
+    assert container["image"] == "ghcr.io/duplexalign/duplexalign-cuda:0.1.0"
     assert [p["containerPort"] for p in container["ports"]] == [8080]  # ONE port (Knative)
     assert container["command"] == ["python", "-m", "serving"]
     args = container["args"]

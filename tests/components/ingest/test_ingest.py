@@ -115,3 +115,18 @@ def test_an_object_gone_after_sealing_is_a_per_item_reject(stage_cfg, stage_stor
     result = ingest(stage_cfg, manifest_id)
     assert _rejects(stage_store, result.manifest) == {"vanished": "missing-object"}
     assert result.manifest.counts["items"] == 1
+
+
+def test_a_scheduled_seal_takes_only_conversations_not_yet_ingested(stage_cfg, stage_store):
+    """A recurring run seals raw/ itself (pending_only): what a previous run ingested is left
+    out, so nothing is ingested twice."""
+    grant(stage_cfg, "user-1")
+    put_conversation(stage_store, "week1", "first")
+    ingest(stage_cfg, seal_raw_batch(stage_store, "raw/week1/"))
+    put_conversation(stage_store, "week2", "second")
+    pending = seal_raw_batch(stage_store, "raw/", pending_only=True)
+    m = ingest(stage_cfg, pending).manifest
+    assert {IngestedItem.model_validate(i).conversation_id
+            for i in iter_items(stage_store, m)} == {"second"}
+    everything = seal_raw_batch(stage_store, "raw/")  # the plain seal still pins both
+    assert everything != pending

@@ -101,7 +101,7 @@ def test_trainjob_structure_and_gpu_pool() -> None:
                                          "apiGroup": "trainer.kubeflow.org",
                                          "kind": "ClusterTrainingRuntime"}
     trainer = job["spec"]["trainer"]
-    assert trainer["image"] == cfg.pipeline.image
+    assert trainer["image"] == cfg.pipeline.gpu_image
     assert (trainer["numNodes"], trainer["numProcPerNode"]) == (4, 8)
     assert trainer["resourcesPerNode"] == {"requests": {"cpu": "90", "memory": "1000Gi"},
                                            "limits": {"nvidia.com/gpu": 8}}
@@ -150,7 +150,7 @@ def test_no_secret_values_only_secret_names(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("DUPLEXALIGN_S3_SECRET_KEY", secret)
     cfg = _cfg(f"storage.credentials_file={creds}")
     options = ClusterJobOptions(secret_env={"MLFLOW_TRACKING_TOKEN": SecretKeyRef(
-        secret="mlflow-auth", key="token")})
+        name="mlflow-auth", key="token")})
     kinds: tuple[JobKind, ...] = ("TrainJob", "PyTorchJob")
     for kind in kinds:
         manifest = render_trainjob(cfg, VERSION, 2, 8, kind, options=options)
@@ -163,9 +163,9 @@ def test_no_secret_values_only_secret_names(tmp_path, monkeypatch) -> None:
         assert by_name["DUPLEXALIGN_S3_ACCESS_KEY"] == {"name": "DUPLEXALIGN_S3_ACCESS_KEY",
                                                         "valueFrom": {"secretKeyRef": {
                                                             "name": "duplexalign-s3",
-                                                            "key": "access_key"}}}
+                                                            "key": "access-key"}}}
         assert by_name["DUPLEXALIGN_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {
-            "name": "duplexalign-s3", "key": "secret_key"}
+            "name": "duplexalign-s3", "key": "secret-key"}
         assert by_name["MLFLOW_TRACKING_TOKEN"]["valueFrom"]["secretKeyRef"] == {
             "name": "mlflow-auth", "key": "token"}
         # only non-secret plain values
@@ -180,7 +180,7 @@ def test_command_is_torchrun_of_the_cli_with_the_exact_config() -> None:
 
     cfg = _cfg("train.loss=apo_zero", "train.adam_eps=1e-7", "train.temporal_lr=5e-9",
                "train.adam_betas=[0.9, 0.99]", "judge.thresholds.safety=1.5",
-               "pipeline.image=registry.example/da:1.2")
+               "pipeline.image_registry=registry.example/da")
     command = train_command(cfg, VERSION)
     assert command[0] == "torchrun"
     launcher = get_args_parser().parse_args(command[1:])

@@ -1,0 +1,1 @@
+"""Running the platform on a Kubernetes cluster: images, Helm chart, manifests, KFP submission."""
