@@ -203,10 +203,21 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from components.common.config import load_config
     from pipelines.cluster.submit import submit_from_args
+    from pipelines.runner import compile_pipeline
 
     # not _config(args): submit talks to a KFP host only, never to the local services
-    print(json.dumps(submit_from_args(args, args.base_config)))
+    cfg = load_config(args.profile or "production", args.config, args.set)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.compile:  # the cluster's settings as this configuration has them (the chart's
+            # ConfigMap in the registration Job): images, GPU pool, Secrets
+            if args.package:
+                raise SystemExit("duplexalign submit: --compile and --package exclude each other")
+            args.package = str(compile_pipeline(Path(tmp) / "alignment.yaml", cfg))
+        print(json.dumps(submit_from_args(args, cfg)))
     return 0
 
 
@@ -452,10 +463,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     from pipelines.cluster.submit import add_submit_arguments
 
-    add_submit_arguments(add("submit", cmd_submit, "upload the compiled pipeline to Kubeflow "
-                                                   "Pipelines as a content-named version; "
-                                                   "optionally start a run (--run) or keep a "
-                                                   "recurring run (--schedule)"))
+    p = add("submit", cmd_submit, "upload the compiled pipeline to Kubeflow Pipelines as a "
+                                  "content-named version; optionally start a run (--run) or keep "
+                                  "a recurring run (--schedule)")
+    add_submit_arguments(p)
+    p.add_argument("--compile", action="store_true",
+                   help="compile the pipeline now with this configuration (the production "
+                        "profile unless --profile names another; in the chart's Job: the "
+                        "platform ConfigMap, so its images, GPU pool and Secrets) and upload "
+                        "that instead of the committed package")
 
     p = add("demo", cmd_demo, "the whole platform on this machine: services up, bootstrap the "
                               "champion, it serves simulated users, the pipeline (ingest, "

@@ -350,7 +350,8 @@ def test_registration_job(default_objs, full_objs):
     assert job["spec"]["backoffLimit"] == 3 and job["spec"]["ttlSecondsAfterFinished"] > 0
     c = _container(job)
     assert c["command"] + c["args"] == [
-        "duplexalign", "submit", "--host", "http://ml-pipeline.kubeflow.svc.cluster.local:8888"]
+        "duplexalign", "submit", "--compile", "--host",
+        "http://ml-pipeline.kubeflow.svc.cluster.local:8888"]
     c = _container(_one(full_objs, "Job", "kfp-register"))
     argv = c["command"] + c["args"]
     assert argv[argv.index("--schedule") + 1] == "0 0 3 * * *"
@@ -363,7 +364,8 @@ def test_registration_job(default_objs, full_objs):
     objs = _objs(**{"kfp.host": "https://kfp.example.com", "kfp.schedule.enabled": True,
                     "kfp.schedule.cron": "0 30 2 * * 1"})
     c = _container(_one(objs, "Job", "kfp-register"))
-    assert c["args"] == ["--host", "https://kfp.example.com", "--schedule", "0 30 2 * * 1",
+    assert c["args"] == ["--compile", "--host", "https://kfp.example.com", "--schedule",
+                         "0 30 2 * * 1",
                          "--service-account", "duplexalign-pipeline-runner"]
     assert not _by_kind(_objs(**{"kfp.enabled": False}), "Job")
 
@@ -470,16 +472,40 @@ def test_inferenceservice_is_restricted_at_the_container_level():
 @pytest.mark.parametrize("name", ["default_objs", "prod_objs", "full_objs"])
 def test_registration_job_arguments_parse(name, request):
     """The Job's command line is one `duplexalign submit` accepts (its own argparse)."""
-    import argparse
-
-    from pipelines.cluster.submit import add_submit_arguments
+    from pipelines.cli import build_parser
 
     objs = request.getfixturevalue(name)
     c = _container(_one(objs, "Job", "kfp-register"))
     assert c["command"] == ["duplexalign", "submit"]
-    args = add_submit_arguments(argparse.ArgumentParser()).parse_args(c["args"])
+    args = build_parser().parse_args(["submit", *c["args"]])
+    assert args.compile  # with the release's settings, from the mounted platform ConfigMap
     assert args.host.startswith("http")
     assert not args.run  # registration only: runs come from the schedule
     if name == "prod_objs":
         assert (args.namespace, args.schedule, args.schedule_name, args.service_account) == (
             "duplexalign", "0 0 3 * * *", "duplexalign-nightly", "duplexalign-pipeline-runner")
+
+
+def test_the_registration_job_compiles_the_values_into_the_pipeline(tmp_path, monkeypatch):
+    """What the Job uploads (`submit --compile`, reading the mounted ConfigMap): the values'
+    image registry and tag, GPU node pool and Secret names reach the compiled pipeline."""
+    from components.common.config import load_config
+    from pipelines.runner import compile_pipeline
+
+    objs = _objs(**{"image.registry": "registry.example.com/ml", "image.tag": "2.1.0",
+                    # null drops the default label (Helm merges maps)
+                    "gpu.nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb",
+                                         "nvidia.com/gpu.present": None},
+                    "secrets.s3": "team-s3"})
+    mounted = tmp_path / "config.yaml"
+    mounted.write_text(_one(objs, "ConfigMap", "config")["data"]["config.yaml"])
+    monkeypatch.setenv("DUPLEXALIGN_CONFIG", str(mounted))
+    spec, platform = yaml.safe_load_all(
+        compile_pipeline(tmp_path / "p.yaml", load_config("production")).read_text())
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"registry.example.com/ml/duplexalign:2.1.0",
+                      "registry.example.com/ml/duplexalign-cuda:2.1.0"}
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert k8s["exec-train-op"]["nodeSelector"]["labels"] == {
+        "cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+    assert {s["secretName"] for s in k8s["exec-train-op"]["secretAsEnv"]} == {"team-s3"}

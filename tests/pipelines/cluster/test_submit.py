@@ -359,3 +359,32 @@ def test_host_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("KFP_HOST")
     with pytest.raises(SystemExit):
         cli()
+
+
+def test_cli_compile_uploads_the_configured_package_once(capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    """`duplexalign submit --compile` (the chart's registration Job): the pipeline compiled with
+    the mounted configuration — here another registry and tag — is what is uploaded, and the
+    same configuration a second time uploads nothing."""
+    from pipelines.cli import main
+
+    mounted = tmp_path / "config.yaml"
+    mounted.write_text("profile: production\n"
+                       "pipeline: {image_registry: registry.example.com/ml, image_tag: 2.1.0}\n")
+    monkeypatch.setenv("DUPLEXALIGN_CONFIG", str(mounted))
+    with kfp_api_server() as fake:
+        assert main(["submit", "--compile", "--host", fake.url]) == 0
+        first = json.loads(capsys.readouterr().out)
+        (upload,) = fake.calls("POST", f"{API}/pipelines/upload_version")
+        spec = next(yaml.safe_load_all(upload.body["package"]))
+        images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+        assert images == {"registry.example.com/ml/duplexalign:2.1.0",
+                          "registry.example.com/ml/duplexalign-cuda:2.1.0"}
+        assert first["version"]["created"] is True
+        assert main(["submit", "--compile", "--host", fake.url]) == 0
+        second = json.loads(capsys.readouterr().out)
+        assert second["version"] == {**first["version"], "created": False}
+        assert len(fake.calls("POST", f"{API}/pipelines/upload_version")) == 1
+    with pytest.raises(SystemExit, match="exclude each other"):
+        main(["submit", "--compile", "--package", str(COMPILED_PATH), "--host", "http://x"])
