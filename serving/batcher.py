@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from moshi.models.lm import LMGen
 
-from serving.engine import FRAME_SIZE
+from serving.engine import FRAME_SIZE, PrivateRng
 
 if TYPE_CHECKING:  # pragma: no cover
     from components.common.config import PolicyConfig
@@ -168,11 +168,7 @@ class BatchedLM:
         self.max_delay = int(self.gen.max_delay)
         if self.max_delay > 1:
             raise ValueError(f"max delay {self.max_delay} > 1 (Moshi's delays have max 1)")
-        self._cuda = self.device.type == "cuda"
-        self._rng_devices = [self.device] if self._cuda else []
-        with torch.random.fork_rng(devices=self._rng_devices):
-            torch.manual_seed(seed)
-            self._rng = self._get_rng()
+        self._rng = PrivateRng(seed, self.device)  # the batcher's own stream, as a session's
         self.codec = model.codec
         if int(getattr(self.codec, "num_codebooks", self.q_in)) < max(self.q_in, self.q_out):
             raise ValueError(f"the codec gives {self.codec.num_codebooks} codebooks, the LM "
@@ -185,26 +181,12 @@ class BatchedLM:
         self._stack = contextlib.ExitStack()
         try:
             self._stack.enter_context(self.gen.streaming(max_streams))
-            # A Mimi of the codec's pool (a streaming state needs its own instance); back to the
-            # pool after its streaming state is dropped (the ExitStack unwinds in reverse).
-            self._mimi = self.codec._acquire()
-            self._stack.callback(self.codec._release, self._mimi)
-            self._stack.enter_context(self._mimi.streaming(max_streams))
+            self._mimi = self._stack.enter_context(self.codec.batched_stream(max_streams))
         except BaseException:
             self._stack.close()
             raise
         self._thread = threading.Thread(target=self._run, name="serving-lm-step", daemon=True)
         self._thread.start()
-
-    # -- RNG: the batcher's own stream on torch's global generator(s), as in DuplexSession
-    def _get_rng(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return (torch.get_rng_state(),
-                torch.cuda.get_rng_state(self.device) if self._cuda else None)
-
-    def _set_rng(self, state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
-        torch.set_rng_state(state[0])
-        if self._cuda and state[1] is not None:
-            torch.cuda.set_rng_state(state[1], self.device)
 
     # -- slots
     def open(self) -> StreamSlot:
@@ -322,13 +304,11 @@ class BatchedLM:
                     user = self._mimi.encode(pcm)[:, : self.q_in, 0].to(torch.long)
             inp[frame_mask, :, 0] = user[frame_mask]
             t0 = time.perf_counter()
-            with torch.random.fork_rng(devices=self._rng_devices):
-                self._set_rng(self._rng)
+            with self._rng.active():
                 if bool(reset_mask.any()):
                     self.gen.reset_streaming(reset_mask.to(self.device))
                 self.gen.set_exec_mask(exec_mask.to(self.device))
                 out = self.gen.step(inp.to(self.device))
-                self._rng = self._get_rng()
             rows = out[:, :, 0].to("cpu", torch.long).numpy()
             dt = time.perf_counter() - t0
             results: list[tuple[_SlotState, Future, int, np.ndarray, np.ndarray]] = []

@@ -76,6 +76,7 @@ os.environ.setdefault("NO_TORCH_COMPILE", "1")  # before moshi.models: no compil
 
 import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -132,6 +133,33 @@ class SessionTimings:
         return 1000.0 * (self.encode_s + self.lm_s) / max(1, self.frames)
 
 
+class PrivateRng:
+    """A sampling stream of its own on torch's global generator(s) (moshi samples from the
+    global one): seeded once, swapped in around each step inside ``torch.random.fork_rng``, so
+    the caller's global RNG is left as it was and the stream goes on where it stopped. Used by
+    DuplexSession, the serving batcher and the lockstep evaluator."""
+
+    def __init__(self, seed: int, device: torch.device):
+        self._device = device
+        self._devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=self._devices):
+            torch.manual_seed(seed)
+            self._state = self._get()
+
+    def _get(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return (torch.get_rng_state(),
+                torch.cuda.get_rng_state(self._device) if self._devices else None)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        with torch.random.fork_rng(devices=self._devices):
+            torch.set_rng_state(self._state[0])
+            if self._state[1] is not None:
+                torch.cuda.set_rng_state(self._state[1], self._device)
+            yield
+            self._state = self._get()
+
+
 class DuplexSession:
     """One conversation with a Moshi LM (see the module docstring for alignment and seeding).
 
@@ -160,11 +188,7 @@ class DuplexSession:
             raise ValueError(f"max delay {self.gen.max_delay} > 1: frame k's tokens would only "
                              "be known frames later (Moshi's delays have max 1)")
         self.text_logits_hook = None  # optional callable(text_logits [1,1,1,card]) for tests
-        self._cuda = self.device.type == "cuda"
-        self._rng_devices = [self.device] if self._cuda else []
-        with torch.random.fork_rng(devices=self._rng_devices):
-            torch.manual_seed(seed)
-            self._rng = self._get_rng()
+        self._rng = PrivateRng(seed, self.device)
         self._stack = contextlib.ExitStack()
         self._closed = False
         self._pending: dict[int, tuple[int, np.ndarray]] = {}  # frame -> (text, model codes)
@@ -186,16 +210,6 @@ class DuplexSession:
             raise
         self.timings.setup_s = time.perf_counter() - t0
 
-    # -- RNG: the session's own stream on torch's global generator(s)
-    def _get_rng(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return (torch.get_rng_state(),
-                torch.cuda.get_rng_state(self.device) if self._cuda else None)
-
-    def _set_rng(self, state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
-        torch.set_rng_state(state[0])
-        if self._cuda and state[1] is not None:
-            torch.cuda.set_rng_state(state[1], self.device)
-
     def _on_text_logits(self, logits: torch.Tensor) -> None:
         if self.text_logits_hook is not None:
             self.text_logits_hook(logits)
@@ -204,10 +218,8 @@ class DuplexSession:
     def _lm_step(self, user_codes: torch.Tensor, output_frame: int) -> None:
         """One LMGen step; stores the frame it outputs (``output_frame``) if any."""
         t0 = time.perf_counter()
-        with torch.random.fork_rng(devices=self._rng_devices):
-            self._set_rng(self._rng)
+        with self._rng.active():
             out = self.gen.step(user_codes)
-            self._rng = self._get_rng()
         if out is not None:
             row = out[0, :, 0].to("cpu", torch.long).numpy()
             self._pending[output_frame] = (int(row[0]), row[1 : 1 + self.q_out].copy())

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from moshi.models.lm import LMGen
 
-from serving.engine import FRAME_SIZE, FrameOut, SessionTokens
+from serving.engine import FRAME_SIZE, FrameOut, PrivateRng, SessionTokens
 
 if TYPE_CHECKING:  # pragma: no cover
     from components.common.config import PolicyConfig
@@ -62,22 +62,14 @@ class LockstepSessions:
                          top_k=policy.top_k, top_k_text=policy.top_k_text)
         if self.gen.max_delay > 1:
             raise ValueError(f"max delay {self.gen.max_delay} > 1 (Moshi's delays have max 1)")
-        self._cuda = self.device.type == "cuda"
-        self._rng_devices = [self.device] if self._cuda else []
-        with torch.random.fork_rng(devices=self._rng_devices):
-            torch.manual_seed(seed)
-            self._rng = self._get_rng()
+        self._rng = PrivateRng(seed, self.device)
         self._pending: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.frames = 0
         self.lm_s = self.encode_s = 0.0
         self._stack = contextlib.ExitStack()
         try:
             self._stack.enter_context(self.gen.streaming(batch))
-            # A Mimi of the codec's pool (each streaming state needs its own instance); the pool
-            # gets it back after its streaming state is dropped (ExitStack unwinds in reverse).
-            self._mimi = self.codec._acquire()
-            self._stack.callback(self.codec._release, self._mimi)
-            self._stack.enter_context(self._mimi.streaming(batch))
+            self._mimi = self._stack.enter_context(self.codec.batched_stream(batch))
             initial = torch.full((batch, self.q_in, 1), self.lm.card, dtype=torch.long,
                                  device=self.device)
             self._lm_step(initial, output_frame=-self.gen.max_delay)
@@ -85,22 +77,11 @@ class LockstepSessions:
             self._stack.close()
             raise
 
-    def _get_rng(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return (torch.get_rng_state(),
-                torch.cuda.get_rng_state(self.device) if self._cuda else None)
-
-    def _set_rng(self, state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
-        torch.set_rng_state(state[0])
-        if self._cuda and state[1] is not None:
-            torch.cuda.set_rng_state(state[1], self.device)
-
     @torch.no_grad()
     def _lm_step(self, user_codes: torch.Tensor, output_frame: int) -> None:
         t0 = time.perf_counter()
-        with torch.random.fork_rng(devices=self._rng_devices):
-            self._set_rng(self._rng)
+        with self._rng.active():
             out = self.gen.step(user_codes)
-            self._rng = self._get_rng()
         if out is not None:
             rows = out[:, :, 0].to("cpu", torch.long).numpy()
             self._pending[output_frame] = (rows[:, 0].copy(), rows[:, 1 : 1 + self.q_out].copy())

@@ -280,6 +280,19 @@ class Codec:
     def stream_decoder(self) -> StreamDecoder:
         return StreamDecoder(self)
 
+    @contextmanager
+    def batched_stream(self, batch: int) -> Iterator[MimiModel]:
+        """A Mimi of the pool streaming ``batch`` streams at once (reset/exec masks select
+        which advance): for callers that step many conversations together (the serving
+        batcher, the lockstep evaluator). A streaming state needs its own instance; it goes
+        back to the pool once its state is dropped."""
+        mimi = self._acquire()
+        try:
+            with mimi.streaming(batch):
+                yield mimi
+        finally:
+            self._release(mimi)
+
     def _acquire(self) -> MimiModel:
         with self._lock:
             if self._pool:

@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -386,6 +387,32 @@ def hadolint_ignores(text: str) -> list[tuple[int, list[str], bool]]:
         justified = above.startswith("#") and "hadolint" not in above and len(above.split()) >= 4
         out.append((n + 1, rules, justified))
     return out
+
+
+def hadolint_problems(text: str, allowed_ignores: set[str]) -> list[str]:
+    """What is wrong with a Dockerfile for hadolint: any finding; an inline ignore of a rule
+    outside ``allowed_ignores`` or without a justification comment above it; an ignore that is
+    not needed (without the pragmas hadolint must report exactly the ignored rules)."""
+    result = hadolint(text)
+    problems = [] if result.returncode == 0 and not result.stdout.strip() else [
+        f"hadolint: {result.stdout}{result.stderr}"]
+    ignores = hadolint_ignores(text)
+    for line, rules, justified in ignores:
+        if not set(rules) <= allowed_ignores:
+            problems.append(f"line {line}: ignores {rules}, allowed only {sorted(allowed_ignores)}")
+        if not justified:
+            problems.append(f"line {line}: an ignore pragma needs a justification comment above")
+    stripped = "\n".join(ln for ln in text.splitlines() if "hadolint ignore" not in ln)
+    reported = set(re.findall(r"\b(DL\d{4}|SC\d{4})\b", hadolint(stripped).stdout))
+    ignored = {r for _, rules, _ in ignores for r in rules}
+    if reported != ignored:
+        problems.append(f"ignored {sorted(ignored)} but without the pragmas hadolint reports "
+                        f"{sorted(reported)}")
+    return problems
+
+
+def load_pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
 # --- .dockerignore -----------------------------------------------------------------------------
