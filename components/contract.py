@@ -34,7 +34,7 @@ Bucket layout (data bucket)::
     pairs/<pair_id>/chosen_model.wav                model channel with the chosen reply placed on it, 24 kHz
     pairs/<pair_id>/rejected_model.wav              model channel of the rejected side (logged, or resynthesised)
     pairs/<pair_id>/resynthesis.json                what was synthesised where (ResynthesisRecord)
-    pairs/<pair_id>/tensors-<settings>.npz          the pair's token tensors (tokenize; one-pair shard layout)
+    pairs/<pair_id>/tensors-<settings>-<inputs>.npz the pair's token tensors (tokenize; one-pair shard layout)
     datasets/pairs/<version>/manifest.json          a pair-tensor dataset version (PairDatasetManifest)
     datasets/pairs/shards/<sha256>.npz              its tensors, PAIRS_PER_SHARD pairs per shard
     features/<view>/<sha256>.parquet                Feast offline rows of a feature view (conversation_stats,
@@ -179,7 +179,7 @@ class Keys:
     @staticmethod
     def pair_object(pair_id: str, name: str) -> str:
         """name: user.wav, chosen_model.wav, rejected_model.wav, resynthesis.json,
-        tensors-<settings digest>.npz (tokenize)."""
+        tensors-<settings digest>-<inputs digest>.npz (tokenize)."""
         return f"pairs/{pair_id}/{name}"
 
     @staticmethod

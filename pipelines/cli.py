@@ -55,6 +55,8 @@ examples:
   duplexalign serve champion --port 8080     the predictor: OIP v2 + full-duplex WebSocket
   duplexalign evaluate                      challenger vs champion, both served; the gate
   duplexalign bench serve                   OIP p50/p99, per-frame step, real-time streams
+  duplexalign bench alignment --budget-minutes 170   the paper's table over seeds, ablations,
+                                            early-stopping curve; resumes; HTML report in MLflow
   duplexalign deploy --canary 10            the challenger at 10% as a commit-ready GitOps change
                                             (needs the gate's promote verdict; record attached)
   duplexalign deploy --status --status-file isvc.json   rollout health; aliases move once healthy
@@ -591,11 +593,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("bench", cmd_bench, "benchmarks that print their figures against a named baseline")
     p.add_argument("which", choices=["transcribe", "ingest", "judge", "resynthesize", "tokenize",
-                                     "train", "serve"])
+                                     "train", "serve", "alignment"])
     p.add_argument("--conversations", type=int, default=None,
                    help="transcribe: conversations to time (default 6); judge: on-policy "
                         "conversations to judge (default 24); resynthesize: conversations "
-                        "(default 6); tokenize: pairs (default 12)")
+                        "(default 6); tokenize: pairs (default 12); alignment: on-policy "
+                        "conversations of the dataset (default bench_alignment.conversations)")
     p.add_argument("--sizes", default="1000,10000",
                    help="ingest: corpus sizes to measure (comma separated)")
     p.add_argument("--repeats", type=int, default=None,
@@ -610,6 +613,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=None,
                    help="serve: frames timed per stream level")
     p.add_argument("--turns", type=int, default=None, help="serve: OIP turns timed at batch 1")
+    p.add_argument("--budget-minutes", type=float, default=None,
+                   help="alignment: no cell starts that would end past this many minutes; the "
+                        "next run resumes the rest (default bench_alignment.budget_minutes)")
+    p.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                   help="alignment: seeds of the champion, DPO and DPO-LN rows (comma separated; "
+                        "the other rows run the first)")
+    p.add_argument("--world-seed", type=int, default=None,
+                   help="alignment: the simulated users' seed of the dataset (one dataset each)")
+    p.add_argument("--rows", type=lambda v: v.split(","), default=None,
+                   help="alignment: only these rows (comma separated: champion, dpo, simpo, "
+                        "apo_zero, dpo_ln, dpo_ln_joint, content_only, timing_only, "
+                        "rejected_resynthesized, dpo_ln_no_early_stop)")
+    p.add_argument("--report-only", action="store_true",
+                   help="alignment: run no new cell; the report of the cells finished so far")
     return parser
 
 

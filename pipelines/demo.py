@@ -137,6 +137,7 @@ def run_demo(cfg: Config, conversations: int | None = None) -> int:
     run_s = time.monotonic() - t_run
 
     figures = collect_figures(cfg, final)
+    figures["alignment_bench"] = latest_alignment_bench(cfg)
     _say("writing the run report and logging the run to MLflow")
     figures["report"] = f"s3://{cfg.storage.bucket}/" + write_run_report(cfg, figures)
     _say("auditing: user audio and planted PII in every object version, the pipeline root and logs")
@@ -164,6 +165,18 @@ def run_demo(cfg: Config, conversations: int | None = None) -> int:
     print(json.dumps(figures, sort_keys=True))
     ok = audit.raw_user_audio_left == 0 and audit.pii_left == 0
     return 0 if ok else 1
+
+
+def latest_alignment_bench(cfg: Config) -> dict[str, Any]:
+    """The newest `duplexalign bench alignment` report (the paper's table over seeds and
+    ablations: the evidence beyond this run's single before/after), or how to make one."""
+    from pipelines.bench.alignment.report import latest_report
+
+    latest = latest_report(cfg)
+    if latest is None:
+        return {"report": None,
+                "how": "duplexalign bench alignment (resumable; docs/alignment-bench.md)"}
+    return latest
 
 
 def _fmt(value: Any) -> str:
@@ -210,6 +223,14 @@ def _eval_lines(f: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _bench_line(b: dict[str, Any]) -> str:
+    if not b.get("report"):
+        return f"not run yet: {b.get('how', 'duplexalign bench alignment')}"
+    pending = b.get("pending") or []
+    return (f"{b['report']} (MLflow run {b.get('mlflow_run_id')}; {b.get('cells')} cells"
+            + (f", {len(pending)} still to run)" if pending else ")"))
+
+
 def print_summary(f: dict[str, Any], findings: list[str]) -> None:
     wer = f["transcript_wer"]
     lines = [
@@ -235,6 +256,7 @@ def print_summary(f: dict[str, Any], findings: list[str]) -> None:
         f"  raw user audio left    {f['raw_user_audio_left']}  (every object version + pipeline root)",
         f"  planted PII left       {f['pii_left']}  (every stored text, normalised)",
         f"  report                 {f['report']} (also in MLflow)",
+        f"  alignment bench        {_bench_line(f.get('alignment_bench') or {})}",
         f"  champion               {f['champion_version']}"
         f"{' (cached)' if f['champion_cached'] else ' (trained now)'}",
         f"  time                   bootstrap {f['seconds']['bootstrap']}s, simulate "

@@ -45,11 +45,16 @@ def render_html(figures: dict[str, Any], rejects: list[dict[str, str]]) -> str:
         f"<tr><td>{html.escape(r['item'])}</td><td>{html.escape(r['code'])}</td>"
         f"<td>{html.escape(r['reason'])}</td></tr>" for r in rejects) or \
         "<tr><td colspan=3>none</td></tr>"
+    bench = figures.get("alignment_bench") or {}
+    bench_text = (f"{bench['report']} (MLflow run {bench.get('mlflow_run_id')})"
+                  if bench.get("report") else f"not run yet: {bench.get('how', 'n/a')}")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>duplexalign run</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><body>
 <h1>duplexalign run report</h1>
 <p>manifests: {html.escape(json.dumps(figures.get("manifests", {})))}</p>
+<p>alignment bench (the paper's table over seeds and ablations, beyond this run's single
+before/after): {html.escape(bench_text)}</p>
 <img alt="pipeline funnel and stage timings" src="data:image/png;base64,{_plot_png(figures)}">
 <h2>figures</h2><table>{rows}</table>
 <h2>rejected at ingest</h2><table><tr><th>item</th><th>code</th><th>reason</th></tr>{reject_rows}</table>

@@ -443,6 +443,9 @@ class TrainConfig(_Section):
     # |y| in the length-normalised losses: every scored position of the window (PAD included:
     # timing pairs differ mainly in where PAD falls) or the word tokens only (at least 1).
     length_norm: Literal["window", "words"] = "window"
+    # Train on these pair types only (the paper's data-type ablation: ["content"] is A,
+    # ["interruption", "silence"] is B+C); empty = every type the data holds.
+    pair_types: list[Literal["content", "interruption", "silence"]] = Field(default_factory=list)
     # The policy and the reference start from this model (registry alias, models:/, s3://, folder).
     policy_source: str = "champion"
     # A Hugging Face causal LM (text-only dialogue pairs) instead of the Moshi LM: hub id, folder
@@ -775,6 +778,37 @@ class SecretsConfig(_Section):
         name="duplexalign-redis", key="password", optional=True))
 
 
+class AlignmentBenchConfig(_Section):
+    """`duplexalign bench alignment` (pipelines/bench/alignment): the paper's table on the
+    embedded world — algorithms, seeds and ablations trained on one on-policy dataset per world
+    seed, each cell cached by content hash so the grid resumes across sessions (docs/bench.md)."""
+
+    # The world: the simulated users' seed (policy.seed of the champion's conversations);
+    # 0 = the profile's policy.seed.
+    world_seed: int = Field(default=0, ge=0)
+    conversations: int = Field(default=200, ge=1)  # short on-policy champion conversations
+    exchanges_max: int = Field(default=3, ge=1)  # "short": scored exchanges per conversation
+    # Seeds of the rows measured several times (champion, DPO, DPO-LN); the other rows run the
+    # first only. A seed sets the training order and held-out split (train.seed) and the
+    # evaluation's conversations and sampling (evaluate.seed + seed): a row's spread is what a
+    # rerun with other luck would give.
+    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
+    # Wall-clock budget of one invocation: no new cell starts past it (the next run resumes).
+    budget_minutes: float = Field(default=170.0, gt=0)
+    # Training of every cell (on top of the profile's train section): epochs over the pairs,
+    # pairs per step, evaluations (held-out pairs + generations) every eval_every steps.
+    epochs: float = Field(default=2.0, gt=0)
+    batch_size: int = Field(default=8, ge=1)
+    eval_every: int = Field(default=6, ge=1)
+    patience: int = Field(default=2, ge=1)
+    eval_conversations: int = Field(default=8, ge=0)
+    # The early-stopping curve: DPO-LN (first seed) trained this many epochs with early stopping
+    # off, so the report shows what held-out quality did after the point where it fired.
+    curve_epochs: float = Field(default=4.0, gt=0)
+    # MLflow experiment of the bench's runs (kept apart from the production rounds').
+    experiment: str = "duplexalign-bench-alignment"
+
+
 class Config(_Section):
     profile: ProfileName = "demo"
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -806,6 +840,7 @@ class Config(_Section):
     gate: GateConfig = Field(default_factory=GateConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     secrets: SecretsConfig = Field(default_factory=SecretsConfig)
+    bench_alignment: AlignmentBenchConfig = Field(default_factory=AlignmentBenchConfig)
 
     def secret_env(self, *names: str) -> dict[str, SecretKeyRef]:
         """Env variable → Secret key for the named secrets (all when none are named): the

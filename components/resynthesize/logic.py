@@ -369,10 +369,16 @@ def resynthesize(cfg: Config, pairs_manifest_id: str) -> StageRun:
     fit_errors: list[float] = []
     fakes: dict[str, int] = {}
 
+    # Completion markers are per (stage, input, item): the control variant (rejected side
+    # resynthesised) marks its items apart, so the two variants of one pairs manifest are two
+    # runs with two output manifests. Both write the same object keys; each manifest pins the
+    # versions it wrote.
+    marker_suffix = "" if r.rejected_audio == "logged" else ".rejected-resynthesized"
+
     def items() -> Iterator[tuple[str, PreferencePair]]:
         for raw in iter_items(store, manifest):
             pair = PreferencePair.model_validate(raw)
-            yield pair.pair_id, pair
+            yield pair.pair_id + marker_suffix, pair
 
     def process(pair: PreferencePair) -> dict:
         result = resynthesize_pair(cfg, pair, read_inputs(store, pair), user_tts, model_tts)

@@ -23,8 +23,8 @@ Per ResynthesizedPair (see README.md for the rules and their reasons):
   (no reply) gets the chosen side's span.
 * The shared context is left-truncated to the model's context, ending at the later window end.
 
-Each pair's tensors go to ``pairs/<pair_id>/tensors-<settings>.npz`` first (the item's output,
-idempotent); after the item loop every done pair is packed, in input order, into the sharded
+Each pair's tensors go to ``pairs/<pair_id>/tensors-<settings>-<inputs>.npz`` first (the item's
+output, idempotent); after the item loop every done pair is packed, in input order, into the sharded
 dataset (`components.streams.pairset`), whose version id lands in the manifest's stats.
 """
 
@@ -269,8 +269,15 @@ class Settings:
         return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
 
 
-def tensors_key(pair_id: str, settings: Settings) -> str:
-    return Keys.pair_object(pair_id, f"tensors-{settings.digest()}.npz")
+def tensors_key(item: ResynthesizedPair, settings: Settings) -> str:
+    """The pair's tensors object: keyed by the settings and by the exact object versions it was
+    built from, so two resynthesis variants of one pair (rejected side logged or resynthesised)
+    never read each other's tensors."""
+    refs = [item.user_audio, item.chosen_model_audio, item.rejected_model_audio, item.record,
+            item.model_tokens]
+    inputs = hashlib.sha256(canonical_json(
+        [[r.key, r.version_id] if r is not None else None for r in refs]).encode()).hexdigest()
+    return Keys.pair_object(item.pair.pair_id, f"tensors-{settings.digest()}-{inputs[:12]}.npz")
 
 
 SETTINGS_ITEM = "_settings"  # not a pair id (those are hex digests)
@@ -533,7 +540,7 @@ def tokenize(cfg: Config, resynthesize_manifest_id: str) -> StageRun:
     def write(item: ResynthesizedPair) -> tuple[bytes, dict[str, Any]]:
         tensors, output = builder.build(item)
         data = shard_bytes([tensors])
-        key = tensors_key(item.pair.pair_id, settings)
+        key = tensors_key(item, settings)
         store.put_bytes(key, data, content_type="application/x-npz")
         output["tensors"] = {"key": key, "sha256": hashlib.sha256(data).hexdigest()}
         return data, output
@@ -560,7 +567,7 @@ def tokenize(cfg: Config, resynthesize_manifest_id: str) -> StageRun:
             if pair_id in seen or pair_id not in done:
                 continue
             seen.add(pair_id)
-            key = tensors_key(pair_id, settings)
+            key = tensors_key(item, settings)
             data = store.get_bytes(key) if store.stat(key) is not None else write(item)[0]
             yield read_shard(data)[0]
 

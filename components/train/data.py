@@ -63,6 +63,7 @@ class TrainData:
     by_type: dict[str, int] = field(default_factory=dict)  # training pairs by type
     seed: int = 0
     not_in_mix: int = 0  # pairs of the dataset the training mix left out
+    other_types: int = 0  # pairs of a type the run does not train on (train.pair_types)
 
     @property
     def version(self) -> str:
@@ -101,16 +102,19 @@ class TrainData:
         return {"dataset_version": self.version, "train_pairs": len(self.train_ids),
                 "heldout_pairs": len(self.heldout_ids),
                 "dropped_off_policy": self.dropped_off_policy, "not_in_mix": self.not_in_mix,
-                "train_by_type": self.by_type}
+                "other_types": self.other_types, "train_by_type": self.by_type}
 
 
 def load_train_data(store: ObjectStore, version: str, *, model_version: str | None,
                     on_policy: bool, heldout_fraction: float, seed: int, min_pairs: int,
-                    max_heldout: int = 256, selected: set[str] | None = None) -> TrainData:
+                    max_heldout: int = 256, selected: set[str] | None = None,
+                    types: set[str] | None = None) -> TrainData:
     """Select the pairs of dataset ``version`` a run trains on (see the module docstring).
 
     ``selected``: the pair ids a training mix chose (components/mix); the others are left out
     before any other rule (counted in ``not_in_mix``). None = every pair of the dataset.
+    ``types``: keep only pairs of these types (``train.pair_types``, the data-type ablation;
+    counted in ``other_types``); None = every type.
 
     Raises NotEnoughPairs when fewer than ``min_pairs`` remain (training and held-out
     together): a run on a handful of pairs would register a model that moved on noise."""
@@ -119,8 +123,8 @@ def load_train_data(store: ObjectStore, version: str, *, model_version: str | No
     train_ids: list[str] = []
     heldout_ids: list[str] = []
     by_type: dict[str, int] = {}
-    types: dict[str, str] = {}
-    dropped = not_in_mix = 0
+    type_of: dict[str, str] = {}
+    dropped = not_in_mix = other_types = 0
     for index in range(len(dataset.manifest.shards)):
         # ids and types decide: the shards' tensors are not decompressed here
         ids, kinds = dataset.labels(index)
@@ -128,10 +132,13 @@ def load_train_data(store: ObjectStore, version: str, *, model_version: str | No
             if selected is not None and pair_id not in selected:
                 not_in_mix += 1
                 continue
+            if types is not None and pair_type not in types:
+                other_types += 1
+                continue
             if on_policy and versions.get(pair_id) != model_version:
                 dropped += 1
                 continue
-            types[pair_id] = pair_type
+            type_of[pair_id] = pair_type
             if len(heldout_ids) < max_heldout and is_heldout(pair_id, heldout_fraction, seed):
                 heldout_ids.append(pair_id)
             else:
@@ -145,17 +152,19 @@ def load_train_data(store: ObjectStore, version: str, *, model_version: str | No
         heldout_ids.append(first)
         by_type.clear()
         for pid in train_ids:
-            ptype = types[pid]
+            ptype = type_of[pid]
             by_type[ptype] = by_type.get(ptype, 0) + 1
     kept = len(train_ids) + len(heldout_ids)
     if kept < min_pairs:
         why = f" ({dropped} dropped: served by another model than {model_version})" if dropped else ""
         if selected is not None:
             why += f" ({not_in_mix} not in the training mix)"
+        if types is not None:
+            why += f" ({other_types} of other types than {sorted(types)})"
         raise NotEnoughPairs(f"dataset {version}: {kept} pairs to train on{why}, fewer than "
                              f"train.min_pairs={min_pairs}")
     if not train_ids:
         raise NotEnoughPairs(f"dataset {version}: every kept pair is held out")
     return TrainData(dataset=dataset, train_ids=train_ids, heldout_ids=heldout_ids,
                      dropped_off_policy=dropped, by_type=by_type, seed=seed,
-                     not_in_mix=not_in_mix)
+                     not_in_mix=not_in_mix, other_types=other_types)

@@ -83,6 +83,8 @@ def run_key(cfg: Config, dataset_version: str, reference_sha256: str,
     """The run's identity: dataset, reference weights, settings and — when a training mix chose
     the pairs — the mix manifest (another mix of the same dataset is another run)."""
     settings = {k: v for k, v in cfg.train.model_dump(mode="json").items() if k not in _NOT_IN_KEY}
+    if not settings.get("pair_types"):  # every type: the key runs had before the option existed
+        settings.pop("pair_types", None)
     body = {"dataset": dataset_version, "reference": reference_sha256, "train": settings,
             "model_context": cfg.model.context}
     if selection:
@@ -254,7 +256,8 @@ def _train(cfg: Config, ctx: "DistContext", device: torch.device, input_manifest
     try:
         data = load_train_data(store, dataset_version, model_version=policy_tag,
                                on_policy=tc.on_policy, heldout_fraction=tc.heldout_fraction,
-                               seed=tc.seed, min_pairs=tc.min_pairs, selected=selected)
+                               seed=tc.seed, min_pairs=tc.min_pairs, selected=selected,
+                               types=set(tc.pair_types) or None)
     except NotEnoughPairs as exc:  # the same data on every rank: every rank gets here
         if not skip_if_too_few:
             raise

@@ -89,6 +89,39 @@ class EarlyStopping:
     baseline_replay: float | None = None
     fallback_note: str = ""
 
+    def update(self, step: int, metrics: dict[str, Any],
+               cfg: TrainConfig) -> tuple[bool, str | None]:
+        """Take the evaluation of ``step``: (improved — keep these weights as the best —, the
+        stop reason or None to go on). Pure: the bench replays it over a finished curve
+        (pipelines/bench/alignment) to show where it fires."""
+        replay = metrics.get("replay_length")
+        if step == 0:
+            self.baseline_replay = replay
+            return False, None
+        if (replay is not None and self.baseline_replay
+                and replay > cfg.max_replay_growth * self.baseline_replay):
+            return False, (f"over-optimisation: replay length {replay:.1f} words > "
+                           f"{cfg.max_replay_growth}x the starting model's "
+                           f"{self.baseline_replay:.1f}")
+        if self.criterion == "none":
+            self.best_step = step
+            return True, None
+        name, higher = CRITERIA[self.criterion]
+        value = metrics.get(name)
+        if value is None:
+            return False, None
+        improved = self.best_value is None or (
+            value > self.best_value + cfg.min_delta if higher
+            else value < self.best_value - cfg.min_delta)
+        if improved:
+            self.best_value, self.best_step, self.bad_evals = float(value), step, 0
+            return True, None
+        self.bad_evals += 1
+        if self.bad_evals >= cfg.patience:
+            return False, (f"patience: {name} did not improve on {self.best_value:.4f} (step "
+                           f"{self.best_step}) for {self.bad_evals} evaluations")
+        return False, None
+
 
 @dataclass
 class TrainOutcome:
@@ -231,39 +264,12 @@ class PreferenceTrainer:
 
     def _judge(self, metrics: dict[str, Any]) -> str | None:
         """Update early stopping with an evaluation; the stop reason, or None to go on."""
-        early = self.early
-        replay = metrics.get("replay_length")
-        if self.step == 0:
-            early.baseline_replay = replay
-            return None
-        if (replay is not None and early.baseline_replay
-                and replay > self.cfg.max_replay_growth * early.baseline_replay):
-            return (f"over-optimisation: replay length {replay:.1f} words > "
-                    f"{self.cfg.max_replay_growth}x the starting model's "
-                    f"{early.baseline_replay:.1f}")
-        if early.criterion == "none":
-            self._save_best(metrics)
-            return None
-        name, higher = CRITERIA[early.criterion]
-        value = metrics.get(name)
-        if value is None:
-            return None
-        improved = early.best_value is None or (
-            value > early.best_value + self.cfg.min_delta if higher
-            else value < early.best_value - self.cfg.min_delta)
+        improved, reason = self.early.update(self.step, metrics, self.cfg)
         if improved:
-            early.best_value, early.best_step, early.bad_evals = float(value), self.step, 0
             self._save_best(metrics)
-            return None
-        early.bad_evals += 1
-        if early.bad_evals >= self.cfg.patience:
-            return (f"patience: {name} did not improve on {early.best_value:.4f} (step "
-                    f"{early.best_step}) for {early.bad_evals} evaluations")
-        return None
+        return reason
 
     def _save_best(self, metrics: dict[str, Any]) -> None:
-        if self.early.criterion == "none":
-            self.early.best_step = self.step
         # a collective: every rank, rank 0 alone gets the weights
         weights = full_weights(self.policy.model, self.ctx)
         if self.ctx.is_main:

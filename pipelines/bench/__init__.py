@@ -9,7 +9,10 @@
 * ``train`` — preference-training tokens/s of our step vs TRL's DPOTrainer (same model, pairs,
   loss, optimizer), Moshi text-only vs joint frames/s, cached vs in-step reference, MFU;
 * ``serve`` — the predictor: OIP turn latency p50/p99 over HTTP, per-frame streaming time at
-  1-16 concurrent conversations batched in one LMGen vs one DuplexSession per connection.
+  1-16 concurrent conversations batched in one LMGen vs one DuplexSession per connection;
+* ``alignment`` — the paper's table on the embedded world: DPO, SimPO, APO-Zero, DPO-LN and the
+  joint loss against the champion (the baseline) over seeds, the data-type and audio-source
+  ablations, the early-stopping curve; resumable across sessions, an HTML report in MLflow.
 
 Each prints progress on stderr, a readable table on stdout and, as the last stdout line, one
 JSON object of figures.
@@ -21,7 +24,8 @@ import argparse
 
 from components.common.config import Config
 
-BENCHES = ("transcribe", "ingest", "judge", "resynthesize", "tokenize", "train", "serve")
+BENCHES = ("transcribe", "ingest", "judge", "resynthesize", "tokenize", "train", "serve",
+           "alignment")
 
 
 def run_bench(cfg: Config, which: str, args: argparse.Namespace | None = None) -> int:
@@ -41,7 +45,7 @@ def run_bench(cfg: Config, which: str, args: argparse.Namespace | None = None) -
             return serve.main(cfg, args)
     cfg = ensure_services(cfg)
     with bench_lock(cfg, which):
-        if which in ("judge", "resynthesize", "tokenize"):
+        if which in ("judge", "resynthesize", "tokenize", "alignment"):
             import importlib
 
             return importlib.import_module(f"pipelines.bench.{which}").main(cfg, args)

@@ -57,6 +57,10 @@ def test_demo_end_to_end(tmp_path):
     assert summary["pii_left"] == 0
     assert summary["transcript_wer"] is not None and summary["transcript_wer"] <= 0.10
     assert "duplexalign demo — summary" in out.stdout
+    # the alignment bench's report is linked from the summary; on a fresh state, how to make one
+    assert summary["alignment_bench"]["report"] is None
+    assert "duplexalign bench alignment" in summary["alignment_bench"]["how"]
+    assert "alignment bench        not run yet" in out.stdout
     # Judge and preference pairs: every scrubbed conversation judged, pairs made from its own
     # replies (the tiny champion interrupts and goes silent, so timing pairs at least), each
     # resynthesised and tokenised into a dataset version the trainer can stream.

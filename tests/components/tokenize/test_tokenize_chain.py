@@ -85,3 +85,41 @@ def test_resynthesize_then_tokenize(stage_cfg, stage_store, codec, rejected_audi
         elif rejected_audio == "logged":  # the model's exact tokens in its window
             assert np.array_equal(p.rejected[0], tokens.text[off:off + p.frames][:p.frames]) or \
                 p.frames > tokens.frames - off
+
+
+def test_both_rejected_audio_variants_of_one_pairs_manifest_stay_apart(stage_cfg, stage_store,
+                                                                        codec):
+    """The audio-source control runs resynthesize and tokenize a second time on the same pairs
+    manifest: its items are marked apart (processed, not skipped as done), its tensors are keyed
+    by the audio they were built from, and the logged variant's dataset is unchanged by it."""
+    s = stage_store
+    conv = build_conversation()
+    provenance = _inputs(s, conv, load_tokenizer(stage_cfg), codec)
+    provenance.pop("_tokens")
+    writer = ManifestWriter(s, "pairs", None)
+    for pair in conv.pairs.values():
+        writer.add_item(pair.model_copy(update={"provenance": provenance}).model_dump(mode="json"))
+    pairs_id = writer.close().manifest_id
+
+    def variant(rejected_audio: str):
+        cfg = stage_cfg.model_copy(deep=True)
+        cfg.resynthesize.rejected_audio = rejected_audio
+        resynth = resynthesize(cfg, pairs_id)
+        return resynth, tokenize(cfg, resynth.manifest.manifest_id)
+
+    logged_resynth, logged = variant("logged")
+    control_resynth, control = variant("resynthesized")
+    assert control_resynth.processed == 3 and control_resynth.skipped == 0
+    assert control_resynth.manifest.manifest_id != logged_resynth.manifest.manifest_id
+    logged_version = logged.manifest.stats["pairs_dataset"]
+    assert control.manifest.stats["pairs_dataset"] != logged_version
+    sources = {r["rejected_source"] for r in iter_items(s, control.manifest)}
+    assert sources == {"resynthesized"}
+    # the logged variant again: nothing redone, the same dataset (its tensors were not replaced)
+    again_resynth, again = variant("logged")
+    assert again_resynth.processed == 0
+    assert again.manifest.stats["pairs_dataset"] == logged_version
+    logged_pairs = {p.pair_id: p for p in PairDataset(s, logged_version)}
+    for p in PairDataset(s, control.manifest.stats["pairs_dataset"]):
+        if p.type != "silence":  # a silence pair's rejected side has no words to resynthesise
+            assert not np.array_equal(p.rejected, logged_pairs[p.pair_id].rejected)

@@ -142,3 +142,32 @@ def test_a_training_mix_decides_which_pairs_train(champion, tokenizer, codec):
         load_train_data(store, version, model_version=tag, on_policy=True, heldout_fraction=0.25,
                         seed=3, min_pairs=11, selected=selected)
     assert run_key(cfg, version, "ref", mix_id) != run_key(cfg, version, "ref", "mix-other")
+
+
+def test_pair_types_select_the_data_type_ablation(champion, tokenizer, codec):
+    """train.pair_types keeps only those types (the paper's A vs B+C ablation): counted apart,
+    named in the error, and part of the run's key."""
+    from components.train.data import load_train_data
+    from components.train.logic import run_key
+
+    cfg, tag = champion
+    manifest = dataset(cfg, tokenizer, codec, tag)  # 24 pairs: 8 of each type
+    store = ObjectStore.from_config(cfg.storage)
+    data = load_train_data(store, manifest.version, model_version=tag, on_policy=True,
+                           heldout_fraction=0.25, seed=3, min_pairs=4,
+                           types={"interruption", "silence"})
+    kept = set(data.train_ids) | set(data.heldout_ids)
+    types = {p.pair_id: p.type for p in synthetic_pairs(24)}
+    assert len(kept) == 16 and {types[i] for i in kept} == {"interruption", "silence"}
+    assert data.other_types == 8 and set(data.by_type) <= {"interruption", "silence"}
+    with pytest.raises(NotEnoughPairs, match="16 of other types than \\['content'\\]"):
+        load_train_data(store, manifest.version, model_version=tag, on_policy=True,
+                        heldout_fraction=0.25, seed=3, min_pairs=9, types={"content"})
+    every = run_key(cfg, manifest.version, "ref")
+    content = cfg.model_copy(update={"train": cfg.train.model_copy(
+        update={"pair_types": ["content"]})})
+    assert run_key(content, manifest.version, "ref") != every
+    timing = cfg.model_copy(update={"train": cfg.train.model_copy(
+        update={"pair_types": ["interruption", "silence"]})})
+    assert run_key(timing, manifest.version, "ref") not in (every, run_key(content,
+                                                                            manifest.version, "ref"))
