@@ -781,7 +781,8 @@ class SecretsConfig(_Section):
 class AlignmentBenchConfig(_Section):
     """`duplexalign bench alignment` (pipelines/bench/alignment): the paper's table on the
     embedded world — algorithms, seeds and ablations trained on one on-policy dataset per world
-    seed, each cell cached by content hash so the grid resumes across sessions (docs/bench.md)."""
+    seed, each cell cached by content hash so the grid resumes across sessions
+    (docs/alignment-bench.md)."""
 
     # The world: the simulated users' seed (policy.seed of the champion's conversations);
     # 0 = the profile's policy.seed.
@@ -797,14 +798,16 @@ class AlignmentBenchConfig(_Section):
     budget_minutes: float = Field(default=170.0, gt=0)
     # Training of every cell (on top of the profile's train section): epochs over the pairs,
     # pairs per step, evaluations (held-out pairs + generations) every eval_every steps.
-    epochs: float = Field(default=2.0, gt=0)
+    # One epoch, as the paper (hundreds of pairs: about 40 steps of 8).
+    epochs: float = Field(default=1.0, gt=0)
     batch_size: int = Field(default=8, ge=1)
-    eval_every: int = Field(default=6, ge=1)
+    eval_every: int = Field(default=5, ge=1)
     patience: int = Field(default=2, ge=1)
     eval_conversations: int = Field(default=8, ge=0)
+    heldout_fraction: float = Field(default=0.15, gt=0, lt=1)
     # The early-stopping curve: DPO-LN (first seed) trained this many epochs with early stopping
     # off, so the report shows what held-out quality did after the point where it fired.
-    curve_epochs: float = Field(default=4.0, gt=0)
+    curve_epochs: float = Field(default=3.0, gt=0)
     # MLflow experiment of the bench's runs (kept apart from the production rounds').
     experiment: str = "duplexalign-bench-alignment"
 

@@ -24,8 +24,8 @@ Per ResynthesizedPair (see README.md for the rules and their reasons):
 * The shared context is left-truncated to the model's context, ending at the later window end.
 
 Each pair's tensors go to ``pairs/<pair_id>/tensors-<settings>-<inputs>.npz`` first (the item's
-output, idempotent); after the item loop every done pair is packed, in input order, into the sharded
-dataset (`components.streams.pairset`), whose version id lands in the manifest's stats.
+output, idempotent); after the item loop every done pair is packed, in input order, into the
+sharded dataset (`components.streams.pairset`), whose version id lands in the manifest's stats.
 """
 
 from __future__ import annotations

@@ -52,11 +52,12 @@ def test_the_plan_runs_every_first_seed_before_the_extra_seeds():
 
 
 def test_each_cell_gets_its_algorithm_seed_data_and_evaluation():
-    cfg = _cfg(seeds=[1, 2], epochs=1.5, batch_size=6, curve_epochs=5.0)
+    cfg = _cfg(seeds=[1, 2], epochs=1.5, batch_size=6, curve_epochs=5.0, heldout_fraction=0.2)
     joint = cell_config(cfg, Cell("dpo_ln_joint", 1))
     assert (joint.train.loss, joint.train.stream, joint.train.seed) == ("dpo_ln", "joint", 1)
     assert joint.train.register_model is False and joint.train.epochs == 1.5
     assert joint.train.batch_size == 6 and joint.train.micro_batch_size == 4
+    assert joint.train.heldout_fraction == 0.2
     assert joint.mlflow.experiment == cfg.bench_alignment.experiment
     assert joint.evaluate.backend == "inprocess"
     timing = cell_config(cfg, Cell("timing_only", 1)).train

@@ -36,10 +36,10 @@ def bench(stage_cfg, ci_cfg, tokenizer, codec, tmp_path):  # noqa: F811
     cfg.services.state_dir = str(tmp_path / "state")
     cfg.policy.max_reply_s = 4.0  # a random model talks without pause: keep the items short
     cfg.train = cfg.train.model_copy(update={"temporal_lr": 3e-3, "depformer_lr": 1e-3,
-                                             "min_pairs": 4, "heldout_fraction": 0.25})
+                                             "min_pairs": 4})
     cfg.bench_alignment = cfg.bench_alignment.model_copy(update={
         "experiment": name, "seeds": [1], "epochs": 1.0, "batch_size": 4, "eval_every": 2,
-        "patience": 2, "eval_conversations": 1})
+        "patience": 2, "eval_conversations": 1, "heldout_fraction": 0.25})
     folder = tiny_checkpoint(tmp_path / "champion", tokenizer, codec)
     version = register_model(cfg, folder, metrics={}, params={}, alias="champion",
                              run_name="test champion")
@@ -97,3 +97,14 @@ def test_the_grid_runs_caches_and_resumes(bench):
     assert partial.pending == ["simpo/seed1"] and len(partial.results) == 2
     assert partial.report["mlflow_run_id"] != first.report["mlflow_run_id"]  # other results
     assert partial.report["pending"] == ["simpo/seed1"]
+
+    cfg.bench_alignment.budget_minutes = 60.0
+    cfg.train.min_pairs = 7  # 6 of the 16 pairs are content pairs
+    dataset.versions.pop("resynthesized")  # a dataset built without the control variant
+    odd = run_grid(cfg, dataset, rows=["content_only", "rejected_resynthesized"])
+    [few] = odd.results
+    assert few.note.startswith("not trained:") and "10 of other types" in few.note
+    assert few.train == {} and few.eval == {}  # nothing trained or evaluated on 6 pairs
+    assert list(odd.failed) == ["rejected_resynthesized/seed1"]
+    assert "no 'resynthesized' variant" in odd.failed["rejected_resynthesized/seed1"]
+    assert odd.summary["rows"]["content_only"]["mean"]["silence"] is None

@@ -50,6 +50,7 @@ def apply_args(cfg: Config, args: argparse.Namespace | None) -> Config:
 class GridOutcome:
     results: list[Any]  # CellResult, in plan order
     pending: list[str]  # cells the budget left for the next run
+    failed: dict[str, str]  # cell -> error (not cached: the next run tries again)
     summary: dict[str, Any]
     report: dict[str, Any]  # where the page is, its MLflow run
 
@@ -68,26 +69,33 @@ def run_grid(cfg: Config, dataset: Any, *, rows: list[str] | None = None,
     t0 = time.monotonic() if started is None else started
     cells = plan(cfg, rows)
     results, pending = [], []
+    failed: dict[str, str] = {}
     durations: list[float] = []
     for i, cell in enumerate(cells):
-        hit = cached_result(cfg, cell, dataset)
-        if hit is not None:
-            results.append(hit)
-            durations.append(hit.seconds.get("total", 0.0))
+        try:
+            hit = cached_result(cfg, cell, dataset)
+            if hit is not None:
+                results.append(hit)
+                durations.append(hit.seconds.get("total", 0.0))
+                continue
+            elapsed = time.monotonic() - t0
+            estimate = statistics.median(durations) if durations else 0.0
+            if report_only or elapsed + estimate > b.budget_minutes * 60:
+                pending.append(cell.name)
+                continue
+            say(f"cell {i + 1}/{len(cells)} {cell.name} ({elapsed / 60:.0f} of "
+                f"{b.budget_minutes:.0f} min used)")
+            result = run_cell(cfg, cell, dataset)
+        except Exception as exc:  # noqa: BLE001  (one cell's failure must not lose the others)
+            say(f"cell {cell.name} FAILED: {type(exc).__name__}: {exc}")
+            failed[cell.name] = f"{type(exc).__name__}: {exc}"
             continue
-        elapsed = time.monotonic() - t0
-        estimate = statistics.median(durations) if durations else 0.0
-        if report_only or elapsed + estimate > b.budget_minutes * 60:
-            pending.append(cell.name)
-            continue
-        say(f"cell {i + 1}/{len(cells)} {cell.name} ({elapsed / 60:.0f} of "
-            f"{b.budget_minutes:.0f} min used)")
-        result = run_cell(cfg, cell, dataset)
         results.append(result)
         durations.append(result.seconds.get("total", 0.0))
     summary = summarise(results, cell_config(cfg, Cell("dpo_ln", b.seeds[0])).train)
+    summary["failed"] = failed
     report = publish(with_bucket(cfg, dataset.bucket), dataset, results, summary, pending)
-    return GridOutcome(results, pending, summary, report)
+    return GridOutcome(results, pending, failed, summary, report)
 
 
 def main(cfg: Config, args: argparse.Namespace | None = None) -> int:
@@ -112,13 +120,14 @@ def main(cfg: Config, args: argparse.Namespace | None = None) -> int:
         lines.append([ROW_BY_NAME[name].label, str(len(row["seeds"])), *cells_txt])
     text = "\n".join([table(headers, lines), "", *plain_findings(summary),
                       "", f"report: {meta['report']} (MLflow run {meta['mlflow_run_id']})",
-                      f"not run yet: {', '.join(pending)}" if pending else "every cell ran"])
+                      f"not run yet: {', '.join(pending)}" if pending else "every cell ran",
+                      *(f"FAILED {name}: {error}" for name, error in outcome.failed.items())])
     figures = {"bench": "alignment", "baseline": "champion (no training)",
                "dataset": dataset.to_dict(), "cells_done": len(outcome.results),
                "pending": pending, "seconds": round(time.monotonic() - t0, 1), "report": meta,
                **summary}
     emit(text, figures)
-    return 0
+    return 1 if outcome.failed else 0
 
 
 __all__ = ["GridOutcome", "apply_args", "main", "run_grid"]

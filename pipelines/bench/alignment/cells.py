@@ -41,6 +41,7 @@ class CellResult:
     steps: dict[str, list[list[float]]] = field(default_factory=dict)  # metric -> [[step, v]]
     seconds: dict[str, float] = field(default_factory=dict)
     finished_at: str = ""
+    note: str = ""  # why a cell has no figures (e.g. too few pairs of its types)
     cached: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,7 +74,10 @@ def result_key(key: str) -> str:
 def configure(cfg: Config, cell: Cell, dataset: BenchDataset) -> tuple[Config, str]:
     """(the cell's configuration on the bench bucket, its key)."""
     ccfg = with_bucket(cell_config(cfg, cell), dataset.bucket)
-    version = dataset.versions[cell.spec.dataset]
+    version = dataset.versions.get(cell.spec.dataset)
+    if version is None:
+        raise ValueError(f"the bench dataset {dataset.key} has no {cell.spec.dataset!r} variant "
+                         f"(it has {sorted(dataset.versions)})")
     return ccfg, cell_key(ccfg, cell, version, dataset.champion_sha256)
 
 
@@ -97,7 +101,7 @@ def run_cell(cfg: Config, cell: Cell, dataset: BenchDataset) -> CellResult:
     if hit is not None:
         return hit
     ccfg, key = configure(cfg, cell, dataset)
-    version = dataset.versions[cell.spec.dataset]
+    version = dataset.versions[cell.spec.dataset]  # configure checked it
     store = ObjectStore.from_config(ccfg.storage)
     t0 = time.monotonic()
     seconds: dict[str, float] = {}
@@ -106,10 +110,19 @@ def run_cell(cfg: Config, cell: Cell, dataset: BenchDataset) -> CellResult:
     steps: dict[str, list[list[float]]] = {}
     source = "champion"
     if cell.spec.loss is not None:
+        from components.train.data import NotEnoughPairs
         from components.train.logic import train as train_model
 
         say(f"cell {cell.name}: training ({cell.spec.label}) on {version}")
-        result = train_model(ccfg, dataset_version=version, progress=True)
+        try:
+            result = train_model(ccfg, dataset_version=version, progress=True)
+        except NotEnoughPairs as exc:  # a property of the data: recorded, not retried
+            out = CellResult(cell=cell.to_dict(), key=key, dataset_version=version, eval={},
+                             seconds={"total": round(time.monotonic() - t0, 1)},
+                             finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                             note=f"not trained: {exc}")
+            store.put_json(result_key(key), out.to_dict())
+            return out
         seconds["train"] = round(time.monotonic() - t0, 1)
         train = {k: v for k, v in result.to_dict().items() if k != "cached"}
         history, steps = _run_curves(ccfg, result.train_run_id)

@@ -95,7 +95,8 @@ def cell_config(cfg: Config, cell: Cell) -> Config:
     train = {"seed": cell.seed, "epochs": b.curve_epochs if not row.early_stopping else b.epochs,
              "batch_size": b.batch_size, "micro_batch_size": min(b.batch_size, 4),
              "eval_every": b.eval_every, "patience": b.patience,
-             "eval_conversations": b.eval_conversations, "register_model": False,
+             "eval_conversations": b.eval_conversations, "heldout_fraction": b.heldout_fraction,
+             "register_model": False,
              "policy_source": "champion", "max_steps": 0, "pair_types": list(row.pair_types),
              "stream": row.stream}
     if row.loss is not None:

@@ -36,11 +36,12 @@ EVAL_PANELS = (("heldout_accuracy", "held-out pair accuracy"),
 esc = html.escape
 
 
-def report_key(dataset: BenchDataset, results: list[CellResult], pending: list[str]) -> str:
+def report_key(dataset: BenchDataset, results: list[CellResult], pending: list[str],
+               failed: dict[str, str] | None = None) -> str:
     """The page's identity: the dataset, the finished cells (their keys address their results)
-    and the cells still to run."""
+    and the cells still to run or that failed."""
     body = {"dataset": dataset.key, "cells": sorted(r.key for r in results),
-            "pending": sorted(pending)}
+            "pending": sorted(pending), "failed": sorted(failed or {})}
     return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
 
 
@@ -209,7 +210,7 @@ def render(cfg: Config, dataset: BenchDataset, results: list[CellResult],
     cell_rows = "".join(
         f"<tr><td>{esc(r.cell['row'])}</td><td>{r.cell['seed']}</td><td><code>{r.key}</code></td>"
         f"<td>{_fmt(r.seconds.get('train'), 0)}</td><td>{_fmt(r.seconds.get('evaluate'), 0)}</td>"
-        f"<td>{esc(str(r.train.get('stop_reason', '–')))}</td>"
+        f"<td>{esc(r.note or str(r.train.get('stop_reason', '–')))}</td>"
         f"<td>{_fmt(r.train.get('heldout_pair_accuracy'))}</td>"
         f"<td><code>{esc(str(r.train.get('train_run_id') or '–'))}</code></td>"
         f"<td><code>{esc(str(r.eval.get('mlflow_run_id') or '–'))}</code></td></tr>"
@@ -220,6 +221,9 @@ def render(cfg: Config, dataset: BenchDataset, results: list[CellResult],
     pending_html = (f"<p><b>Not run yet</b> (the budget ran out; the next "
                     f"<code>duplexalign bench alignment</code> resumes): "
                     f"{esc(', '.join(pending))}</p>" if pending else "")
+    pending_html += "".join(f"<p><b>Failed</b> {esc(name)} (the next run tries again): "
+                            f"<code>{esc(error)}</code></p>"
+                            for name, error in (summary.get("failed") or {}).items())
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>duplexalign alignment bench</title><style>body{{font-family:sans-serif;margin:2em;
 max-width:1400px}}table{{border-collapse:collapse;margin:.5em 0}}td,th{{border:1px solid #ccc;
@@ -261,7 +265,7 @@ def publish(cfg: Config, dataset: BenchDataset, results: list[CellResult],
             summary: dict[str, Any], pending: list[str]) -> dict[str, Any]:
     """Store the page and log it to MLflow, once per set of results; returns where it is."""
     store = ObjectStore.from_config(cfg.storage)
-    key = report_key(dataset, results, pending)
+    key = report_key(dataset, results, pending, summary.get("failed"))
     page_key = f"{REPORTS_PREFIX}/{key}/report.html"
     meta_key = f"{REPORTS_PREFIX}/{key}/report.json"
     if store.exists(meta_key):  # the same results: the same page and MLflow run
