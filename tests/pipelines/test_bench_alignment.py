@@ -40,13 +40,16 @@ def _result(row: str, seed: int, *, qa=0.2, unsafe=0.5, benign=0.3, interruption
                       history=history or [], train=train or {})
 
 
-def test_the_plan_runs_every_first_seed_before_the_extra_seeds():
+def test_the_plan_runs_the_multi_seed_rows_first_and_the_curve_last():
     cells = plan(_cfg(seeds=[4, 5, 6]))
-    assert cells[: len(ROWS)] == [Cell(r.name, 4) for r in ROWS]
-    extra = cells[len(ROWS):]
-    assert {c.row for c in extra} == {"champion", "dpo", "dpo_ln"}
-    assert sorted(c.seed for c in extra) == [5, 5, 5, 6, 6, 6]
-    assert [c.row for c in plan(_cfg(), ["dpo", "simpo"])] == ["dpo", "simpo", "dpo", "dpo"]
+    assert [(c.row, c.seed) for c in cells[:6]] == [
+        ("champion", 4), ("dpo", 4), ("dpo_ln", 4), ("champion", 5), ("dpo", 5), ("dpo_ln", 5)]
+    assert {c.row for c in cells[:9]} == {"champion", "dpo", "dpo_ln"}
+    single = cells[9:]
+    assert {c.seed for c in single} == {4} and len(single) == len(ROWS) - 3
+    assert single[-1].row == "dpo_ln_no_early_stop"
+    assert len(cells) == len(set(cells)) == len(ROWS) + 6
+    assert [c.row for c in plan(_cfg(), ["simpo", "dpo"])] == ["dpo", "dpo", "dpo", "simpo"]
     with pytest.raises(ValueError, match="unknown rows"):
         plan(_cfg(), ["ppo"])
 

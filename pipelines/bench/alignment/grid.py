@@ -72,15 +72,17 @@ class Cell:
 
 
 def plan(cfg: Config, rows: list[str] | None = None) -> list[Cell]:
-    """Every cell, in the order they run: first seed of every row before the extra seeds, so a
-    budget that runs out leaves a whole first column rather than three seeds of one row."""
+    """Every cell, in the order they run: the rows measured on every seed first (champion, DPO,
+    DPO-LN, seed by seed: the targets need them), then the one-seed rows, the curve last — a
+    budget that runs out leaves the claims that matter most measured."""
     seeds = cfg.bench_alignment.seeds
-    chosen = [r for r in ROWS if rows is None or r.name in rows]
     unknown = set(rows or ()) - set(ROW_BY_NAME)
     if unknown:
         raise ValueError(f"unknown rows {sorted(unknown)}; known: {', '.join(ROW_BY_NAME)}")
-    cells = [Cell(r.name, seeds[0]) for r in chosen]
-    cells += [Cell(r.name, s) for s in seeds[1:] for r in chosen if r.multi_seed]
+    chosen = [r for r in ROWS if rows is None or r.name in rows]
+    cells = [Cell(r.name, s) for s in seeds for r in chosen if r.multi_seed]
+    cells += [Cell(r.name, seeds[0]) for r in chosen if not r.multi_seed and r.group != "curve"]
+    cells += [Cell(r.name, seeds[0]) for r in chosen if r.group == "curve"]
     return cells
 
 
