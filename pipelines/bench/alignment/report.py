@@ -186,6 +186,17 @@ def _examples(store: ObjectStore, dataset: BenchDataset) -> str:
     return "".join(parts) or "<p>no examples</p>"
 
 
+def _composition(store: ObjectStore, dataset: BenchDataset) -> str:
+    """Pairs by type in each variant of the dataset (its manifest's counts)."""
+    from components.streams.pairset import PairDataset
+
+    parts = []
+    for variant, version in dataset.versions.items():
+        counts = PairDataset(store, version).manifest.counts
+        parts.append(f"{variant}: " + ", ".join(f"{n} {t}" for t, n in counts.items()))
+    return ("Pairs by type — " + "; ".join(parts) + ".") if parts else ""
+
+
 def render(cfg: Config, dataset: BenchDataset, results: list[CellResult],
            summary: dict[str, Any], pending: list[str], store: ObjectStore | None) -> str:
     findings = "".join(f"<li>{esc(line)}</li>" for line in plain_findings(summary))
@@ -218,6 +229,7 @@ def render(cfg: Config, dataset: BenchDataset, results: list[CellResult],
     steps = "".join(f"<tr><td>{esc(k)}</td><td>{esc(json.dumps(dataset.figures.get(k)))}</td>"
                     f"<td>{_fmt(dataset.seconds.get(k), 0)}</td></tr>" for k in dataset.steps)
     b = cfg.bench_alignment
+    composition = _composition(store, dataset) if store else ""
     pending_html = (f"<p><b>Not run yet</b> (the budget ran out; the next "
                     f"<code>duplexalign bench alignment</code> resumes): "
                     f"{esc(', '.join(pending))}</p>" if pending else "")
@@ -233,9 +245,10 @@ padding:3px 7px;text-align:left;vertical-align:top;font-size:13px}}.ex{{margin:1
 <p>Dataset <code>{esc(dataset.key)}</code>: {dataset.conversations} on-policy conversations of
 {esc(dataset.champion)} (world seed {dataset.world_seed}) through the pipeline's stages; pair
 datasets {esc(json.dumps(dataset.versions))}. Seeds {esc(str(b.seeds))} for the champion, DPO and
-DPO-LN, {b.seeds[0]} for the other rows. Each training: {b.epochs} epochs at {b.batch_size} pairs
-a step, evaluated every {b.eval_every} steps on the held-out pairs and {b.eval_conversations}
-held-out conversations, patience {b.patience}. Evaluation: the world's held-out items, served in
+DPO-LN, {b.seeds[0]} for the other rows. {composition} Each training: {b.epochs} epochs at
+{b.batch_size} pairs a step ({b.heldout_fraction:.0%} of the pairs held out), evaluated every
+{b.eval_every} steps on the held-out pairs and {b.eval_conversations} held-out conversations,
+patience {b.patience}. Evaluation: the world's held-out items, served in
 process; the seed draws the evaluation conversations and the sampling.</p>
 {pending_html}
 <h2>What held and what did not</h2><ul>{findings}</ul>
