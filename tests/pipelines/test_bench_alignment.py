@@ -141,6 +141,7 @@ def test_the_report_says_what_held_and_draws_the_curves():
     cfg = _cfg(seeds=[1, 2])
     summary = summarise(results, cell_config(cfg, Cell("dpo_ln", 1)).train)
     findings = plain_findings(summary)
+    assert findings[0] == "targets: 1 of 4 measured hold beyond the seed spread"  # silence only
     assert any(line.startswith("DPO-LN better than champion (no training) on silence rate")
                and "holds" in line for line in findings)
     assert any("early stopping" in line for line in findings)

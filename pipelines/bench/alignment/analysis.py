@@ -205,8 +205,17 @@ def summarise(results: list[CellResult], curve_cfg: TrainConfig | None) -> dict[
 
 
 def plain_findings(summary: dict[str, Any]) -> list[str]:
-    """One sentence per target and claim, saying plainly what held and what did not."""
+    """A headline per group, then one sentence per target and claim, saying plainly what held
+    and what did not."""
     lines = []
+    for title, verdicts in (("targets", summary["targets"]),
+                            ("the paper's orderings", summary["paper_claims"])):
+        measured = [v for v in verdicts if v["status"] != "not measured"]
+        held = [v for v in measured if v["status"] == "holds"]
+        against = [v["claim"] for v in measured if v["status"].startswith("reversed")]
+        if measured:
+            lines.append(f"{title}: {len(held)} of {len(measured)} measured hold beyond the seed "
+                         f"spread" + (f"; reversed: {'; '.join(against)}" if against else ""))
     for verdict in summary["targets"] + summary["paper_claims"]:
         d = verdict["delta"]
         fig = "" if d is None else f" (Δ {d:+.3f}" + (
