@@ -91,13 +91,17 @@ class EarlyStopping:
 
     def update(self, step: int, metrics: dict[str, Any],
                cfg: TrainConfig) -> tuple[bool, str | None]:
-        """Take the evaluation of ``step``: (improved — keep these weights as the best —, the
-        stop reason or None to go on). Pure: the bench replays it over a finished curve
+        """Take the evaluation of ``step``: (keep these weights as the best, the stop reason or
+        None to go on). Pure: the bench replays it over a finished curve
         (pipelines/bench/alignment) to show where it fires."""
         replay = metrics.get("replay_length")
         if step == 0:
+            # The starting weights are the fallback: kept when the run stops before any
+            # evaluation is taken as the best (over-optimisation at the first one). The first
+            # later evaluation still replaces them, whatever its value (best_value stays unset).
             self.baseline_replay = replay
-            return False, None
+            self.best_step = 0
+            return True, None
         if (replay is not None and self.baseline_replay
                 and replay > cfg.max_replay_growth * self.baseline_replay):
             return False, (f"over-optimisation: replay length {replay:.1f} words > "

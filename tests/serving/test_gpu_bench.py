@@ -24,7 +24,12 @@ def test_tiny_cpu_run_reports_every_phase(tmp_path):
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == result
     for phase, sizes in (("batched", {"1", "4"}), ("baseline", {"1", "2"}),
                          ("batched_context_32", {"4"})):
-        assert set(result[phase]) == sizes, phase
+        if phase == "baseline" and set(result[phase]) == {"1"}:
+            # the baseline stops at the first level past real time: on a loaded machine one
+            # batch-1 session can miss the 80 ms frame already
+            assert result[phase]["1"]["p99_ms"] > 80.0
+        else:
+            assert set(result[phase]) == sizes, phase
         assert all(r["p99_ms"] >= r["p50_ms"] > 0 for r in result[phase].values()), phase
     # a stream's tokens do not depend on the stream stepped before it (state swapped in)
     assert result["baseline_isolation_check"]["A_equals_C"] is True

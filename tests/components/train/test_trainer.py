@@ -93,6 +93,21 @@ def test_patience_stops_and_keeps_the_best_checkpoint(store, tmp_path):
     assert out.stop_reason.startswith("patience: heldout_loss did not improve")
 
 
+def test_over_optimisation_at_the_first_evaluation_keeps_the_starting_weights(store, tmp_path):
+    # replay length 10 words at step 0, 50 at the first evaluation: the guard stops the run
+    # before any evaluation was taken as the best — the weights it started from are kept, never
+    # the over-optimised ones
+    trainer, _ = make_run(store, train_cfg(eval_every=1, criterion="generation"),
+                          tmp_path / "run")
+    replays = iter([10.0, 50.0])
+    trainer.generation = lambda: {"replay_length": next(replays), "generation_score": 0.5}
+    start = _weights(trainer)
+    out = trainer.run()
+    assert out.stopped_at_step == 1 and out.stop_reason.startswith("over-optimisation")
+    assert out.best_step == 0 and out.best_metrics["step"] == 0
+    assert all(torch.equal(start[k], v) for k, v in _weights(trainer).items())
+
+
 def _weights(trainer) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in trainer.policy.model.state_dict().items()}
 
