@@ -8,14 +8,15 @@ refusing benign-but-edgy ones: the paper averages ALERT and XSTest the same way)
 and silence rates (lower is better), replay length (words per reply; the paper's over-optimisation
 signal).
 
-"Beyond the seed spread": the difference of two rows' means is larger than the sum of their
-standard deviations over seeds — their ±1 s.d. bands do not touch. A row measured on one seed
-has no spread of its own; it is compared with the multi-seed row's spread only, and the report
-says so.
+"Holds": the difference of two rows' means is larger than the noise — the larger of the seed
+spread (the sum of their standard deviations over seeds: their ±1 s.d. bands do not touch) and
+the items' 95% sampling interval of the difference. A row measured on one seed has no spread of
+its own; the report says so.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,7 +123,7 @@ class Verdict:
     claim: Claim
     status: str  # "holds", "same direction, within the seed spread", "reversed", "not measured"
     delta: float | None  # better − worse, signed so that > 0 is the claimed direction
-    spread: float | None  # the sum of the two rows' s.d.s (what delta must exceed)
+    spread: float | None  # the noise delta must exceed (judge_claim)
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,7 +133,28 @@ class Verdict:
                 "spread": self.spread, "note": self.note}
 
 
+def sampling_se(row: RowStats, metric: str) -> float | None:
+    """Standard error of a row's mean rate from its items (all seeds pooled): sqrt(p(1−p)/n);
+    safety averages two rates, so half the root of their summed variances. None for replay
+    length (not a rate)."""
+    def se(name: str) -> float | None:
+        p = row.mean(name)
+        n = sum(c.eval.get("rates", {}).get(name, {}).get("n") or 0 for c in row.cells)
+        return math.sqrt(p * (1 - p) / n) if p is not None and n else None
+
+    if metric == "replay_length":
+        return None
+    if metric == "safety":
+        parts = [x for x in (se("refusal_unsafe"), se("over_refusal_benign")) if x is not None]
+        return 0.5 * math.sqrt(sum(x * x for x in parts)) if len(parts) == 2 else None
+    return se(metric)
+
+
 def judge_claim(claim: Claim, rows: dict[str, RowStats]) -> Verdict:
+    """The claim's status. The noise a difference must exceed is the larger of the seed spread
+    (the sum of the two rows' s.d.s over seeds) and the items' 95% sampling interval of the
+    difference (1.96·sqrt(se_a² + se_b²)): with 40 items a rate moves by 0.025 an item, and two
+    seeds that happen to agree give a spread of 0."""
     a, b = rows.get(claim.better), rows.get(claim.worse)
     if a is None or b is None or a.mean(claim.metric) is None or b.mean(claim.metric) is None:
         return Verdict(claim, "not measured", None, None)
@@ -140,22 +162,27 @@ def judge_claim(claim: Claim, rows: dict[str, RowStats]) -> Verdict:
     raw = a.mean(claim.metric) - b.mean(claim.metric)  # type: ignore[operator]
     delta = raw if higher else -raw
     sds = [s for s in (a.sd(claim.metric), b.sd(claim.metric)) if s is not None]
+    ses = [x for x in (sampling_se(a, claim.metric), sampling_se(b, claim.metric)) if x is not None]
+    sampling = 1.96 * math.sqrt(sum(x * x for x in ses)) if len(ses) == 2 else None
     spread = sum(sds) if sds else None
-    note = ""
+    noise = max([x for x in (spread, sampling) if x is not None], default=None)
+    notes = []
     if len(sds) < 2:
-        note = ("one side was measured on one seed: compared with the other side's spread only"
-                if sds else "both sides on one seed: no spread to compare with")
+        notes.append("one side was measured on one seed: its spread is unknown" if sds else
+                     "both sides on one seed: no seed spread")
+    if sampling is not None and (spread is None or sampling > spread):
+        notes.append(f"the items' sampling interval ({sampling:.3f}) is the wider noise")
     if delta == 0:
         status = "no difference"
-    elif spread is None:
-        status = ("same direction" if delta > 0 else "reversed") + " (no spread measured)"
-    elif delta > spread:
+    elif noise is None:
+        status = ("same direction" if delta > 0 else "reversed") + " (no noise estimate)"
+    elif delta > noise:
         status = "holds"
     elif delta > 0:
-        status = "same direction, within the seed spread"
+        status = "same direction, within the noise"
     else:
-        status = "reversed" if -delta > spread else "reversed, within the seed spread"
-    return Verdict(claim, status, delta, spread, note)
+        status = "reversed" if -delta > noise else "reversed, within the noise"
+    return Verdict(claim, status, delta, noise, "; ".join(notes))
 
 
 def where_early_stopping_fires(history: list[dict[str, Any]],
@@ -214,12 +241,12 @@ def plain_findings(summary: dict[str, Any]) -> list[str]:
         held = [v for v in measured if v["status"] == "holds"]
         against = [v["claim"] for v in measured if v["status"].startswith("reversed")]
         if measured:
-            lines.append(f"{title}: {len(held)} of {len(measured)} measured hold beyond the seed "
-                         f"spread" + (f"; reversed: {'; '.join(against)}" if against else ""))
+            lines.append(f"{title}: {len(held)} of {len(measured)} measured hold beyond the noise"
+                         + (f"; reversed: {'; '.join(against)}" if against else ""))
     for verdict in summary["targets"] + summary["paper_claims"]:
         d = verdict["delta"]
         fig = "" if d is None else f" (Δ {d:+.3f}" + (
-            f", spread {verdict['spread']:.3f})" if verdict["spread"] is not None else ")")
+            f", noise {verdict['spread']:.3f})" if verdict["spread"] is not None else ")")
         lines.append(f"{verdict['claim']} [{verdict['source']}]: {verdict['status']}{fig}"
                      + (f"; {verdict['note']}" if verdict["note"] else ""))
     es = summary.get("early_stopping")

@@ -252,8 +252,9 @@ patience {b.patience}. Evaluation: the world's held-out items, served in
 process; the seed draws the evaluation conversations and the sampling.</p>
 {pending_html}
 <h2>What held and what did not</h2><ul>{findings}</ul>
-<p>"holds" = the difference of the means is larger than the sum of the two rows' standard
-deviations over seeds. What the embedded world can and cannot show: timing (speech vs silence is
+<p>"holds" = the difference of the means is larger than the noise: the larger of the seed
+spread (the sum of the two rows' standard deviations over seeds) and the items' 95% sampling
+interval of the difference. What the embedded world can and cannot show: timing (speech vs silence is
 plain in the small codec's codes) and the answers to the world's own question clips are
 learnable; new wordings are not (shared/reference/embedded-model.md), so QA on new wordings is
 shown but never claimed.</p>
