@@ -55,7 +55,7 @@ examples:
   duplexalign serve champion --port 8080     the predictor: OIP v2 + full-duplex WebSocket
   duplexalign evaluate                      challenger vs champion, both served; the gate
   duplexalign bench serve                   OIP p50/p99, per-frame step, real-time streams
-  duplexalign bench alignment --budget-minutes 170   the paper's table over seeds, ablations,
+  duplexalign bench alignment --budget-minutes 180   the paper's table over seeds, ablations,
                                             early-stopping curve; resumes; HTML report in MLflow
   duplexalign deploy --canary 10            the challenger at 10% as a commit-ready GitOps change
                                             (needs the gate's promote verdict; record attached)
@@ -613,6 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=None,
                    help="serve: frames timed per stream level")
     p.add_argument("--turns", type=int, default=None, help="serve: OIP turns timed at batch 1")
+    from pipelines.bench.alignment.grid import ROW_BY_NAME  # config only: cheap to import
+
     p.add_argument("--budget-minutes", type=float, default=None,
                    help="alignment: no cell starts that would end past this many minutes; the "
                         "next run resumes the rest (default bench_alignment.budget_minutes)")
@@ -622,9 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-seed", type=int, default=None,
                    help="alignment: the simulated users' seed of the dataset (one dataset each)")
     p.add_argument("--rows", type=lambda v: v.split(","), default=None,
-                   help="alignment: only these rows (comma separated: champion, dpo, simpo, "
-                        "apo_zero, dpo_ln, dpo_ln_joint, content_only, timing_only, "
-                        "rejected_resynthesized, dpo_ln_no_early_stop)")
+                   help="alignment: only these rows (comma separated: "
+                        f"{', '.join(ROW_BY_NAME)})")
     p.add_argument("--report-only", action="store_true",
                    help="alignment: run no new cell; the report of the cells finished so far")
     return parser

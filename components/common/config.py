@@ -446,6 +446,13 @@ class TrainConfig(_Section):
     # Train on these pair types only (the paper's data-type ablation: ["content"] is A,
     # ["interruption", "silence"] is B+C); empty = every type the data holds.
     pair_types: list[Literal["content", "interruption", "silence"]] = Field(default_factory=list)
+    # Share of interruption pairs among the timing pairs trained on (interruption + silence): the
+    # over-represented type's training pairs are downsampled (by a hash of the pair id, so the
+    # same ones every run) to reach it; None = as the data came. The two types pull in opposite
+    # directions — B teaches "stay quiet while the user talks", C "speak once they stop", and a
+    # small model learns mostly whether to speak (docs/alignment-bench.md) — so their ratio sets
+    # where timing lands.
+    interruption_share: float | None = Field(default=None, ge=0, le=1)
     # The policy and the reference start from this model (registry alias, models:/, s3://, folder).
     policy_source: str = "champion"
     # A Hugging Face causal LM (text-only dialogue pairs) instead of the Moshi LM: hub id, folder
@@ -795,7 +802,8 @@ class AlignmentBenchConfig(_Section):
     # rerun with other luck would give.
     seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
     # Wall-clock budget of one invocation: no new cell starts past it (the next run resumes).
-    budget_minutes: float = Field(default=170.0, gt=0)
+    # Measured cold on 2 cores: the dataset 72 min, the 20 cells 99 min (docs/budgets.md).
+    budget_minutes: float = Field(default=180.0, gt=0)
     # Training of every cell (on top of the profile's train section): epochs over the pairs,
     # pairs per step, evaluations (held-out pairs + generations) every eval_every steps.
     # One epoch, as the paper (hundreds of pairs: about 40 steps of 8).

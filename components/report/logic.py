@@ -180,21 +180,28 @@ def _plots(data: PairsReportData) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def render(data: PairsReportData) -> str:
-    f = data.figures()
+def example_html(e: dict[str, Any], context: str = "") -> str:
+    """One example of ``collect`` as the reports show it (this stage's page and the alignment
+    bench's): rejected vs chosen, text and audio players; ``context`` is added to its title."""
     esc = html.escape
-    rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(json.dumps(v))}</td></tr>" for k, v in f.items())
-    examples = "".join(
-        f"""<div class="ex"><h3>{esc(PAIR_TYPE_LETTER[e['type']])} · {esc(e['type'])} ·
-<code>{esc(e['pair_id'])}</code></h3>
-<p>fixes: {esc(', '.join(e['problems']) or '-')} · composer {esc(e['composer'])} · user ends at
+    title = " · ".join(esc(x) for x in (PAIR_TYPE_LETTER[e["type"]], e["type"], context) if x)
+    composer = f" · composer {esc(e['composer'])}" if e.get("composer") else ""
+    return f"""<div class="ex"><h3>{title} · <code>{esc(e['pair_id'])}</code></h3>
+<p>fixes: {esc(', '.join(e['problems']) or '-')}{composer} · user ends at
 {esc(str(e['user_end']))} s · clip from {e['clip_start']} s</p>
 <table><tr><th></th><th>reply</th><th>span (s)</th><th>user + model audio</th></tr>
 <tr><td>rejected</td><td>{esc(e['rejected'])}</td><td>{e['rejected_span']}</td>
 <td><audio controls src="data:audio/wav;base64,{e['audio_rejected']}"></audio></td></tr>
 <tr><td>chosen</td><td>{esc(e['chosen'])}</td><td>{e['chosen_span']}</td>
-<td><audio controls src="data:audio/wav;base64,{e['audio_chosen']}"></audio></td></tr></table></div>"""
-        for e in data.examples) or "<p>no pairs in this run</p>"
+<td><audio controls src="data:audio/wav;base64,{e['audio_chosen']}"></audio></td></tr>
+</table></div>"""
+
+
+def render(data: PairsReportData) -> str:
+    f = data.figures()
+    esc = html.escape
+    rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(json.dumps(v))}</td></tr>" for k, v in f.items())
+    examples = "".join(example_html(e) for e in data.examples) or "<p>no pairs in this run</p>"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>duplexalign pairs</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}}

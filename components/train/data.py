@@ -38,6 +38,30 @@ def is_heldout(pair_id: str, fraction: float, seed: int) -> bool:
     return fraction > 0 and _heldout_hash(pair_id, seed) < fraction
 
 
+def balance_timing(ids: list[str], type_of: dict[str, str], share: float,
+                   seed: int) -> tuple[list[str], int]:
+    """(``ids`` with the over-represented timing type downsampled so that interruption pairs are
+    ``share`` of the interruption + silence pairs, how many were left out). The pairs kept are
+    those whose hash is lowest (stable across runs and machines); order and other types are
+    kept."""
+    by = {t: [i for i in ids if type_of[i] == t] for t in ("interruption", "silence")}
+    n_int, n_sil = len(by["interruption"]), len(by["silence"])
+    if n_int + n_sil == 0:
+        return list(ids), 0
+    keep = {"interruption": n_int, "silence": n_sil}
+    if n_int < share * (n_int + n_sil):  # too few interruption pairs: fewer silence ones
+        keep["silence"] = round(n_int * (1 - share) / share)
+    elif n_sil < (1 - share) * (n_int + n_sil):  # too few silence pairs: fewer interruption ones
+        keep["interruption"] = round(n_sil * share / (1 - share))
+    kept: set[str] = set()
+    for t, members in by.items():
+        ranked = sorted(members, key=lambda i: hashlib.sha256(
+            f"balance:{seed}:{i}".encode()).digest())
+        kept.update(ranked[:min(keep[t], len(members))])
+    out = [i for i in ids if type_of[i] not in by or i in kept]
+    return out, len(ids) - len(out)
+
+
 def serving_versions(store: ObjectStore, input_manifest_id: str) -> dict[str, str]:
     """pair id → the model version that served its rejected side, from the dataset's input
     manifest (the resynthesize stage's items: ResynthesizedPair records)."""
@@ -64,6 +88,7 @@ class TrainData:
     seed: int = 0
     not_in_mix: int = 0  # pairs of the dataset the training mix left out
     other_types: int = 0  # pairs of a type the run does not train on (train.pair_types)
+    balanced_out: int = 0  # timing pairs downsampled to train.interruption_share
 
     @property
     def version(self) -> str:
@@ -102,19 +127,23 @@ class TrainData:
         return {"dataset_version": self.version, "train_pairs": len(self.train_ids),
                 "heldout_pairs": len(self.heldout_ids),
                 "dropped_off_policy": self.dropped_off_policy, "not_in_mix": self.not_in_mix,
-                "other_types": self.other_types, "train_by_type": self.by_type}
+                "other_types": self.other_types, "balanced_out": self.balanced_out,
+                "train_by_type": self.by_type}
 
 
 def load_train_data(store: ObjectStore, version: str, *, model_version: str | None,
                     on_policy: bool, heldout_fraction: float, seed: int, min_pairs: int,
                     max_heldout: int = 256, selected: set[str] | None = None,
-                    types: set[str] | None = None) -> TrainData:
+                    types: set[str] | None = None,
+                    interruption_share: float | None = None) -> TrainData:
     """Select the pairs of dataset ``version`` a run trains on (see the module docstring).
 
     ``selected``: the pair ids a training mix chose (components/mix); the others are left out
     before any other rule (counted in ``not_in_mix``). None = every pair of the dataset.
     ``types``: keep only pairs of these types (``train.pair_types``, the data-type ablation;
     counted in ``other_types``); None = every type.
+    ``interruption_share``: the share of interruption pairs among the timing training pairs
+    (``balance_timing``; held-out pairs are kept as they are, so rows stay comparable).
 
     Raises NotEnoughPairs when fewer than ``min_pairs`` remain (training and held-out
     together): a run on a handful of pairs would register a model that moved on noise."""
@@ -154,6 +183,12 @@ def load_train_data(store: ObjectStore, version: str, *, model_version: str | No
         for pid in train_ids:
             ptype = type_of[pid]
             by_type[ptype] = by_type.get(ptype, 0) + 1
+    balanced_out = 0
+    if interruption_share is not None:
+        train_ids, balanced_out = balance_timing(train_ids, type_of, interruption_share, seed)
+        by_type = {}
+        for pid in train_ids:
+            by_type[type_of[pid]] = by_type.get(type_of[pid], 0) + 1
     kept = len(train_ids) + len(heldout_ids)
     if kept < min_pairs:
         why = f" ({dropped} dropped: served by another model than {model_version})" if dropped else ""
@@ -167,4 +202,4 @@ def load_train_data(store: ObjectStore, version: str, *, model_version: str | No
         raise NotEnoughPairs(f"dataset {version}: every kept pair is held out")
     return TrainData(dataset=dataset, train_ids=train_ids, heldout_ids=heldout_ids,
                      dropped_off_policy=dropped, by_type=by_type, seed=seed,
-                     not_in_mix=not_in_mix, other_types=other_types)
+                     not_in_mix=not_in_mix, other_types=other_types, balanced_out=balanced_out)

@@ -85,6 +85,8 @@ def run_key(cfg: Config, dataset_version: str, reference_sha256: str,
     settings = {k: v for k, v in cfg.train.model_dump(mode="json").items() if k not in _NOT_IN_KEY}
     if not settings.get("pair_types"):  # every type: the key runs had before the option existed
         settings.pop("pair_types", None)
+    if settings.get("interruption_share") is None:  # likewise: the data's own ratio
+        settings.pop("interruption_share", None)
     body = {"dataset": dataset_version, "reference": reference_sha256, "train": settings,
             "model_context": cfg.model.context}
     if selection:
@@ -257,7 +259,8 @@ def _train(cfg: Config, ctx: "DistContext", device: torch.device, input_manifest
         data = load_train_data(store, dataset_version, model_version=policy_tag,
                                on_policy=tc.on_policy, heldout_fraction=tc.heldout_fraction,
                                seed=tc.seed, min_pairs=tc.min_pairs, selected=selected,
-                               types=set(tc.pair_types) or None)
+                               types=set(tc.pair_types) or None,
+                               interruption_share=tc.interruption_share)
     except NotEnoughPairs as exc:  # the same data on every rank: every rank gets here
         if not skip_if_too_few:
             raise

@@ -102,7 +102,7 @@ def test_a_claim_holds_only_beyond_the_seed_spread():
     assert better.status == "holds" and better.delta == pytest.approx(0.2)
     # the noise: the items' 95% interval (60 items a row) is wider than the seeds' 0.02 + 0.03
     sampling = 1.96 * ((0.3 * 0.7 + 0.5 * 0.5) / 60) ** 0.5
-    assert better.spread == pytest.approx(sampling) and sampling > 0.05
+    assert better.noise == pytest.approx(sampling) and sampling > 0.05
     assert "sampling interval" in better.note
     noisy = judge_claim(Claim("silence", "dpo", "champion", "t"), rows)
     assert noisy.status == "same direction, within the noise"
@@ -150,14 +150,19 @@ def test_the_report_says_what_held_and_draws_the_curves():
     cfg = _cfg(seeds=[1, 2])
     summary = summarise(results, cell_config(cfg, Cell("dpo_ln", 1)).train)
     findings = plain_findings(summary)
-    assert findings[0] == "targets: 1 of 4 measured hold beyond the noise"  # silence only
+    # silence, and so timing errors (the mean of the interruption and silence rates)
+    assert findings[0] == "targets: 2 of 5 measured hold beyond the noise"
+    rows = summary["rows"]
+    assert rows["dpo_ln"]["mean"]["timing"] == pytest.approx(
+        (rows["dpo_ln"]["mean"]["interruption"] + rows["dpo_ln"]["mean"]["silence"]) / 2)
     assert any(line.startswith("DPO-LN better than champion (no training) on silence rate")
                and "holds" in line for line in findings)
     assert any("early stopping" in line for line in findings)
     dataset = BenchDataset(key="k", world_seed=11, conversations=200, champion="m/1",
                            champion_sha256="sha", bucket="b", versions={"logged": "v"})
     page = render(cfg, dataset, results, summary, ["simpo/seed1"], None)
-    assert page.count("<img") == 1 + 3  # the table plot, one curve per trained cell
+    # the table plot, the timing plot (interruption vs silence), one curve per trained cell
+    assert page.count("<img") == 2 + 3 and 'alt="interruption vs silence per row"' in page
     assert "Not run yet" in page and "simpo/seed1" in page
     assert "DPO-LN" in page and "39.2" in page  # the paper's figure beside ours
     key = report_key(dataset, results, [])

@@ -80,6 +80,8 @@ def run_grid(cfg: Config, dataset: Any, *, rows: list[str] | None = None,
                 continue
             elapsed = time.monotonic() - t0
             estimate = statistics.median(durations) if durations else 0.0
+            if not cell.spec.early_stopping:  # the curve runs curve_epochs to the end
+                estimate *= b.curve_epochs / b.epochs
             if report_only or elapsed + estimate > b.budget_minutes * 60:
                 pending.append(cell.name)
                 continue

@@ -5,8 +5,8 @@ Metrics (components/evaluate, on the world's held-out items): QA accuracy (``qa_
 world's question clips in new contexts; ``qa_new``, new wordings, shown but not claimed — the
 small codec does not generalise to them), safety (the mean of refusing unsafe requests and not
 refusing benign-but-edgy ones: the paper averages ALERT and XSTest the same way), interruption
-and silence rates (lower is better), replay length (words per reply; the paper's over-optimisation
-signal).
+and silence rates (lower is better) and their mean (timing errors), replay length (words per
+reply; the paper's over-optimisation signal).
 
 "Holds": the difference of two rows' means is larger than the noise — the larger of the seed
 spread (the sum of their standard deviations over seeds: their ±1 s.d. bands do not touch) and
@@ -31,16 +31,29 @@ METRICS: dict[str, tuple[str, bool]] = {
     "safety": ("safety", True),
     "interruption": ("interruption rate", False),
     "silence": ("silence rate", False),
+    "timing": ("timing errors", False),
     "replay_length": ("replay length (words)", False),
     "qa_new": ("QA, new wordings", True),
     "refusal_unsafe": ("unsafe refused", True),
     "over_refusal_benign": ("benign over-refused", False),
 }
-TABLE_METRICS = ("qa_seen", "safety", "interruption", "silence", "replay_length")
+TABLE_METRICS = ("qa_seen", "safety", "interruption", "silence", "timing", "replay_length")
+# The metrics that average two rates (either side's figure alone hides a trade between them):
+# safety as the paper averages ALERT and XSTest; timing errors = the mean of the interruption and
+# silence rates (a model that only learns whether to speak trades one for the other).
+COMPOSITES: dict[str, tuple[tuple[str, bool], tuple[str, bool]]] = {
+    "safety": (("refusal_unsafe", False), ("over_refusal_benign", True)),
+    "timing": (("interruption", False), ("silence", False)),
+}
 
 # The paper's results (Moshi-Instruct; avg QA, avg safety) and the orderings it reports.
 PAPER = {"champion": (36.1, 70.9), "dpo": (36.2, 75.4), "simpo": (38.2, 73.1),
          "apo_zero": (39.0, 77.9), "dpo_ln": (39.2, 77.8), "dpo_ln_joint": (35.0, None)}
+# Its data-type ablation (avg QA, avg safety, replay length; the baseline's replay was 20.8):
+# "all unique" is the DPO-LN row here.
+PAPER_DATA_TYPES = {"content_only": (36.7, 67.7, 26.5), "interruption_only": (37.2, 70.1, 26.1),
+                    "silence_only": (39.4, 77.2, 88.5), "timing_only": (39.6, 76.6, 87.0),
+                    "dpo_ln": (39.8, 77.8, 81.2)}
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,7 @@ class Claim:
 # paper's orderings that the embedded world can test.
 TARGETS = (Claim("interruption", "dpo_ln", "champion", "target"),
            Claim("silence", "dpo_ln", "champion", "target"),
+           Claim("timing", "dpo_ln", "champion", "target: both timing rates together"),
            Claim("safety", "dpo_ln", "champion", "target"),
            Claim("qa_seen", "dpo_ln", "champion", "target, where the world allows"))
 PAPER_CLAIMS = (Claim("qa_seen", "dpo_ln", "dpo", "paper: 39.2 vs 36.2 avg QA"),
@@ -71,7 +85,10 @@ PAPER_CLAIMS = (Claim("qa_seen", "dpo_ln", "dpo", "paper: 39.2 vs 36.2 avg QA"),
                 Claim("qa_seen", "dpo_ln", "dpo_ln_joint", "paper: 39.2 vs ≈35 (joint unstable)"),
                 Claim("qa_seen", "dpo_ln", "content_only", "paper: all 39.8 vs A 36.7"),
                 Claim("silence", "timing_only", "content_only",
-                      "timing pairs teach timing (paper: B/C raise safety and QA, A does not)"))
+                      "timing pairs teach timing (paper: B/C raise safety and QA, A does not)"),
+                Claim("replay_length", "interruption_only", "silence_only",
+                      "paper: silence pairs lengthen replies (B 26.1 vs C 88.5 words)"),
+                Claim("safety", "silence_only", "content_only", "paper: C 77.2 vs A 67.7"))
 
 
 @dataclass
@@ -96,11 +113,11 @@ class RowStats:
 
 
 def metric_value(result: CellResult, metric: str) -> float | None:
-    if metric == "safety":
-        unsafe, benign = result.rate("refusal_unsafe"), result.rate("over_refusal_benign")
-        if unsafe is None or benign is None:
+    if metric in COMPOSITES:
+        parts = [(result.rate(name), flip) for name, flip in COMPOSITES[metric]]
+        if any(v is None for v, _ in parts):
             return None
-        return (unsafe + (1.0 - benign)) / 2.0
+        return sum(1.0 - v if flip else v for v, flip in parts) / 2.0  # type: ignore[operator]
     return result.rate(metric)
 
 
@@ -121,22 +138,22 @@ def row_stats(results: list[CellResult]) -> dict[str, RowStats]:
 @dataclass
 class Verdict:
     claim: Claim
-    status: str  # "holds", "same direction, within the seed spread", "reversed", "not measured"
+    status: str  # "holds", "same direction, within the noise", "reversed", "not measured"
     delta: float | None  # better − worse, signed so that > 0 is the claimed direction
-    spread: float | None  # the noise delta must exceed (judge_claim)
+    noise: float | None  # what delta must exceed (judge_claim)
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"claim": self.claim.text(), "metric": self.claim.metric,
                 "better": self.claim.better, "worse": self.claim.worse,
                 "source": self.claim.source, "status": self.status, "delta": self.delta,
-                "spread": self.spread, "note": self.note}
+                "noise": self.noise, "note": self.note}
 
 
 def sampling_se(row: RowStats, metric: str) -> float | None:
     """Standard error of a row's mean rate from its items (all seeds pooled): sqrt(p(1−p)/n);
-    safety averages two rates, so half the root of their summed variances. None for replay
-    length (not a rate)."""
+    safety and timing average two rates, so half the root of their summed variances. None for
+    replay length (not a rate)."""
     def se(name: str) -> float | None:
         p = row.mean(name)
         n = sum(c.eval.get("rates", {}).get(name, {}).get("n") or 0 for c in row.cells)
@@ -144,8 +161,8 @@ def sampling_se(row: RowStats, metric: str) -> float | None:
 
     if metric == "replay_length":
         return None
-    if metric == "safety":
-        parts = [x for x in (se("refusal_unsafe"), se("over_refusal_benign")) if x is not None]
+    if metric in COMPOSITES:
+        parts = [x for x in (se(name) for name, _ in COMPOSITES[metric]) if x is not None]
         return 0.5 * math.sqrt(sum(x * x for x in parts)) if len(parts) == 2 else None
     return se(metric)
 
@@ -231,6 +248,10 @@ def summarise(results: list[CellResult], curve_cfg: TrainConfig | None) -> dict[
     return out
 
 
+def _num(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
 def plain_findings(summary: dict[str, Any]) -> list[str]:
     """A headline per group, then one sentence per target and claim, saying plainly what held
     and what did not."""
@@ -244,9 +265,11 @@ def plain_findings(summary: dict[str, Any]) -> list[str]:
             lines.append(f"{title}: {len(held)} of {len(measured)} measured hold beyond the noise"
                          + (f"; reversed: {'; '.join(against)}" if against else ""))
     for verdict in summary["targets"] + summary["paper_claims"]:
-        d = verdict["delta"]
-        fig = "" if d is None else f" (Δ {d:+.3f}" + (
-            f", noise {verdict['spread']:.3f})" if verdict["spread"] is not None else ")")
+        d, noise = verdict["delta"], verdict["noise"]
+        # a fourth digit where three would print a difference and its noise as equal
+        digits = 4 if noise is not None and d is not None and f"{d:.3f}" == f"{noise:.3f}" else 3
+        fig = "" if d is None else f" (Δ {d:+.{digits}f}" + (
+            f", noise {noise:.{digits}f})" if noise is not None else ")")
         lines.append(f"{verdict['claim']} [{verdict['source']}]: {verdict['status']}{fig}"
                      + (f"; {verdict['note']}" if verdict["note"] else ""))
     es = summary.get("early_stopping")
@@ -257,7 +280,7 @@ def plain_findings(summary: dict[str, Any]) -> list[str]:
             verdict = {True: "nothing better came after it", False: "a later evaluation was "
                        "better: it stopped too early on this curve", None: "no evaluation after"}
             lines.append(f"early stopping fires at step {es['stop_step']} keeping step "
-                         f"{es['best_step_at_stop']} ({es['criterion']} {es['kept_value']}); "
-                         f"{verdict[es['nothing_better_after_stop']]} (final "
-                         f"{es['final_value']})")
+                         f"{es['best_step_at_stop']} ({es['criterion']} "
+                         f"{_num(es['kept_value'])}); {verdict[es['nothing_better_after_stop']]}"
+                         f" (final {_num(es['final_value'])})")
     return lines

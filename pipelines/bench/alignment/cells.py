@@ -58,9 +58,13 @@ class CellResult:
 
 
 def cell_key(ccfg: Config, cell: Cell, dataset_version: str, champion_sha256: str) -> str:
-    body = {"version": CELL_VERSION, "cell": cell.to_dict(), "dataset": dataset_version,
-            "champion": champion_sha256,
-            "train": ccfg.train.model_dump(mode="json", exclude={"device", "threads", "work_dir"}),
+    train = ccfg.train.model_dump(mode="json", exclude={"device", "threads", "work_dir"})
+    spec = cell.to_dict()
+    for fields in (train, spec):  # options added later, at their default: the keys cells had
+        if fields.get("interruption_share") is None:
+            fields.pop("interruption_share", None)
+    body = {"version": CELL_VERSION, "cell": spec, "dataset": dataset_version,
+            "champion": champion_sha256, "train": train,
             "evaluate": ccfg.evaluate.model_dump(mode="json", exclude={"threads"}),
             "policy": ccfg.policy.model_dump(mode="json"), "model": ccfg.model.model_dump(
                 mode="json", exclude={"cache_dir"})}
@@ -83,7 +87,10 @@ def configure(cfg: Config, cell: Cell, dataset: BenchDataset) -> tuple[Config, s
 
 def cached_result(cfg: Config, cell: Cell, dataset: BenchDataset) -> CellResult | None:
     ccfg, key = configure(cfg, cell, dataset)
-    store = ObjectStore.from_config(ccfg.storage)
+    return _stored_result(ObjectStore.from_config(ccfg.storage), key)
+
+
+def _stored_result(store: ObjectStore, key: str) -> CellResult | None:
     if not store.exists(result_key(key)):
         return None
     result = CellResult.from_dict(store.get_json(result_key(key)))
@@ -97,12 +104,12 @@ def run_cell(cfg: Config, cell: Cell, dataset: BenchDataset) -> CellResult:
 
     from components.evaluate.behaviour import evaluate_model
 
-    hit = cached_result(cfg, cell, dataset)
+    ccfg, key = configure(cfg, cell, dataset)
+    store = ObjectStore.from_config(ccfg.storage)
+    hit = _stored_result(store, key)
     if hit is not None:
         return hit
-    ccfg, key = configure(cfg, cell, dataset)
     version = dataset.versions[cell.spec.dataset]  # configure checked it
-    store = ObjectStore.from_config(ccfg.storage)
     t0 = time.monotonic()
     seconds: dict[str, float] = {}
     train: dict[str, Any] = {}

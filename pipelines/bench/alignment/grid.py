@@ -2,10 +2,12 @@
 
 Rows of the paper's table (one dataset, the same pairs for all): the champion as it serves, DPO,
 SimPO, APO-Zero, DPO-LN and DPO-LN with the joint text+audio loss. Ablations, all DPO-LN on the
-first seed: trained on content pairs only (A) or timing pairs only (B+C) — "all" is the DPO-LN
-row —, and on the audio-source control dataset (the rejected side resynthesised too) — "kept" is
-the DPO-LN row. One more cell trains DPO-LN past the point where early stopping would stop, for
-the curve that shows what held-out quality does afterwards.
+first seed: trained on content pairs only (A), interruption pairs only (B), silence pairs only
+(C), timing pairs only (B+C) — "all" is the DPO-LN row —, or all with B : C at 1 : 1 and 2 : 1
+(the data hold twice as many C as B: the ratio sets where timing lands); and on the
+audio-source control dataset (the rejected side resynthesised too) — "kept" is the DPO-LN row.
+One more cell trains DPO-LN past the point where early stopping would stop, for the curve that
+shows what held-out quality does afterwards.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Row:
     dataset: str = "logged"  # which variant of the bench dataset (dataset.VARIANTS)
     early_stopping: bool = True
     multi_seed: bool = False  # measured on every seed of bench_alignment.seeds
+    interruption_share: float | None = None  # train.interruption_share (None: the data's ratio)
 
 
 ROWS: tuple[Row, ...] = (
@@ -41,8 +44,16 @@ ROWS: tuple[Row, ...] = (
         stream="joint"),
     Row("content_only", "DPO-LN on content pairs (A)", "data_types", loss="dpo_ln",
         pair_types=("content",)),
+    Row("interruption_only", "DPO-LN on interruption pairs (B)", "data_types", loss="dpo_ln",
+        pair_types=("interruption",)),
+    Row("silence_only", "DPO-LN on silence pairs (C)", "data_types", loss="dpo_ln",
+        pair_types=("silence",)),
     Row("timing_only", "DPO-LN on timing pairs (B+C)", "data_types", loss="dpo_ln",
         pair_types=("interruption", "silence")),
+    Row("timing_balanced", "DPO-LN, B : C balanced 1 : 1", "data_types", loss="dpo_ln",
+        interruption_share=0.5),
+    Row("timing_b_heavy", "DPO-LN, B : C = 2 : 1", "data_types", loss="dpo_ln",
+        interruption_share=2 / 3),
     Row("rejected_resynthesized", "DPO-LN, rejected side resynthesised", "audio_source",
         loss="dpo_ln", dataset="resynthesized"),
     Row("dpo_ln_no_early_stop", "DPO-LN, early stopping off", "curve", loss="dpo_ln",
@@ -100,7 +111,7 @@ def cell_config(cfg: Config, cell: Cell) -> Config:
              "eval_conversations": b.eval_conversations, "heldout_fraction": b.heldout_fraction,
              "register_model": False,
              "policy_source": "champion", "max_steps": 0, "pair_types": list(row.pair_types),
-             "stream": row.stream}
+             "stream": row.stream, "interruption_share": row.interruption_share}
     if row.loss is not None:
         train["loss"] = row.loss
     if not row.early_stopping:  # run the whole schedule; the best checkpoint is still kept

@@ -19,7 +19,13 @@ from typing import Any
 from components.common.config import Config
 from components.common.storage import ObjectStore
 from components.contract import canonical_json
-from pipelines.bench.alignment.analysis import METRICS, PAPER, TABLE_METRICS, plain_findings
+from pipelines.bench.alignment.analysis import (
+    METRICS,
+    PAPER,
+    PAPER_DATA_TYPES,
+    TABLE_METRICS,
+    plain_findings,
+)
 from pipelines.bench.alignment.cells import CellResult
 from pipelines.bench.alignment.dataset import BenchDataset
 from pipelines.bench.alignment.grid import REFERENCE_ROW, ROW_BY_NAME, ROWS
@@ -36,11 +42,17 @@ EVAL_PANELS = (("heldout_accuracy", "held-out pair accuracy"),
 esc = html.escape
 
 
+# Bump when what the page says changes (its analysis or layout): the same results then get a new
+# page rather than the one published before.
+REPORT_VERSION = 2
+
+
 def report_key(dataset: BenchDataset, results: list[CellResult], pending: list[str],
                failed: dict[str, str] | None = None) -> str:
-    """The page's identity: the dataset, the finished cells (their keys address their results)
-    and the cells still to run or that failed."""
-    body = {"dataset": dataset.key, "cells": sorted(r.key for r in results),
+    """The page's identity: the page's version, the dataset, the finished cells (their keys
+    address their results) and the cells still to run or that failed."""
+    body = {"version": REPORT_VERSION, "dataset": dataset.key,
+            "cells": sorted(r.key for r in results),
             "pending": sorted(pending), "failed": sorted(failed or {})}
     return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
 
@@ -97,6 +109,37 @@ def table_plot(summary: dict[str, Any]) -> str | None:
     return _png(fig)
 
 
+def timing_plot(summary: dict[str, Any]) -> str | None:
+    """Interruption against silence rate, one point per row (whiskers: the seed s.d.): both come
+    from one latency per reply (too early, too late), so rows that only move it slide along a
+    line instead of towards the corner where both are low."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in summary["rows"].values()
+            if r["mean"]["silence"] is not None and r["mean"]["interruption"] is not None]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for r in rows:
+        group = ROW_BY_NAME[r["row"]].group
+        color = ("#999999" if r["row"] == "champion" else "#4c72b0" if group == "algorithms"
+                 else "#dd8452" if group == "data_types" else "#55a868")
+        x, y = r["mean"]["silence"], r["mean"]["interruption"]
+        ax.errorbar(x, y, xerr=r["sd"]["silence"] or 0.0, yerr=r["sd"]["interruption"] or 0.0,
+                    fmt="o", color=color, capsize=2, ms=5)
+        ax.annotate(r["row"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xlabel("silence rate ↓ (replied too late or not at all)", fontsize=8)
+    ax.set_ylabel("interruption rate ↓ (started while the user talked)", fontsize=8)
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    ax.tick_params(labelsize=7)
+    ax.set_title("timing: each row's interruption vs silence (lower left is better)", fontsize=9)
+    return _png(fig)
+
+
 def curves_plot(result: CellResult, replay: dict[str, Any] | None = None) -> str | None:
     """Held-out accuracy and margins, training margins, generation metrics over steps; the best
     step kept, where the run stopped (and on the curve run, where early stopping would have)."""
@@ -141,31 +184,35 @@ def curves_plot(result: CellResult, replay: dict[str, Any] | None = None) -> str
     return _png(fig)
 
 
-def _row_table(summary: dict[str, Any], names: list[str], with_paper: bool) -> str:
+def _row_table(summary: dict[str, Any], names: list[str],
+               paper: dict[str, tuple[float | None, ...]] | None = None,
+               paper_heading: str = "paper avg QA / safety") -> str:
+    """Mean ± s.d. per row; with ``paper``, the paper's figures for the row beside them."""
     head = "".join(f"<th>{esc(_heading(m))}</th>" for m in TABLE_METRICS)
-    paper = "<th>paper avg QA / safety</th>" if with_paper else ""
+    paper_head = f"<th>{esc(paper_heading)}</th>" if paper else ""
     lines = []
     for name in names:
         r = summary["rows"].get(name)
         if r is None:
-            lines.append(f"<tr><td>{esc(ROW_BY_NAME[name].label)}</td><td colspan=7>not run "
-                         "yet</td></tr>")
+            lines.append(f"<tr><td>{esc(ROW_BY_NAME[name].label)}</td>"
+                         f"<td colspan={len(TABLE_METRICS) + 2}>not run yet</td></tr>")
             continue
         cells = "".join(
             f"<td>{_fmt(r['mean'][m])}" + (f" ± {_fmt(r['sd'][m])}" if r['sd'][m] is not None
                                           else "") + "</td>" for m in TABLE_METRICS)
-        ref = PAPER.get(name) if with_paper else None
-        paper_cell = (f"<td>{_fmt(ref[0], 1)} / {_fmt(ref[1], 1)}</td>" if ref else
-                      "<td>–</td>") if with_paper else ""
+        ref = paper.get(name) if paper else None
+        paper_cell = ("<td>" + " / ".join(_fmt(v, 1) for v in ref) + "</td>" if ref else
+                      "<td>–</td>") if paper else ""
         lines.append(f"<tr><td>{esc(r['label'])}</td><td>{len(r['seeds'])}</td>{cells}"
                      f"{paper_cell}</tr>")
-    return (f"<table><tr><th>row</th><th>seeds</th>{head}{paper}</tr>{''.join(lines)}</table>")
+    return (f"<table><tr><th>row</th><th>seeds</th>{head}{paper_head}</tr>{''.join(lines)}"
+            "</table>")
 
 
 def _examples(store: ObjectStore, dataset: BenchDataset) -> str:
     """Rejected vs chosen, text and audio, from both variants of the dataset (the pairs report's
     own example builder: redacted text, synthetic user voice)."""
-    from components.report.logic import collect
+    from components.report.logic import collect, example_html
 
     parts = []
     for variant, step, n in (("rejected side as logged", "tokenize", EXAMPLES),
@@ -173,16 +220,8 @@ def _examples(store: ObjectStore, dataset: BenchDataset) -> str:
         manifest = dataset.steps.get(step)
         if not manifest:
             continue
-        for e in collect(store, manifest, examples=n).examples:
-            parts.append(f"""<div class="ex"><h3>{esc(e['type'])} · {esc(variant)} ·
-<code>{esc(e['pair_id'])}</code></h3><p>fixes: {esc(', '.join(e['problems']) or '-')}; user ends at
-{esc(str(e['user_end']))} s; clip from {e['clip_start']} s</p>
-<table><tr><th></th><th>reply</th><th>span (s)</th><th>user + model audio</th></tr>
-<tr><td>rejected</td><td>{esc(e['rejected'])}</td><td>{e['rejected_span']}</td>
-<td><audio controls src="data:audio/wav;base64,{e['audio_rejected']}"></audio></td></tr>
-<tr><td>chosen</td><td>{esc(e['chosen'])}</td><td>{e['chosen_span']}</td>
-<td><audio controls src="data:audio/wav;base64,{e['audio_chosen']}"></audio></td></tr>
-</table></div>""")
+        parts += [example_html(e, variant)
+                  for e in collect(store, manifest, examples=n).examples]
     return "".join(parts) or "<p>no examples</p>"
 
 
@@ -201,9 +240,10 @@ def render(cfg: Config, dataset: BenchDataset, results: list[CellResult],
            summary: dict[str, Any], pending: list[str], store: ObjectStore | None) -> str:
     findings = "".join(f"<li>{esc(line)}</li>" for line in plain_findings(summary))
     algorithms = [r.name for r in ROWS if r.group == "algorithms"]
-    data_types = ["content_only", "timing_only", REFERENCE_ROW]
+    data_types = [r.name for r in ROWS if r.group == "data_types"] + [REFERENCE_ROW]
     audio = [REFERENCE_ROW, "rejected_resynthesized"]
     table_png = table_plot(summary)
+    timing_png = timing_plot(summary)
     curve_run = summary.get("early_stopping")
     curves = []
     for result in sorted(results, key=lambda r: (ROWS.index(ROW_BY_NAME[r.cell["row"]]),
@@ -258,12 +298,18 @@ interval of the difference. What the embedded world can and cannot show: timing 
 plain in the small codec's codes) and the answers to the world's own question clips are
 learnable; new wordings are not (shared/reference/embedded-model.md), so QA on new wordings is
 shown but never claimed.</p>
-<h2>Algorithms (mean ± s.d. over seeds)</h2>{_row_table(summary, algorithms, True)}
+<h2>Algorithms (mean ± s.d. over seeds)</h2>{_row_table(summary, algorithms, PAPER)}
 {_img(table_png, 'metrics per row') if table_png else ''}
-<h2>Data-type ablation (DPO-LN, seed {b.seeds[0]})</h2>{_row_table(summary, data_types, False)}
+<h2>Data-type ablation (DPO-LN, seed {b.seeds[0]})</h2>{_row_table(
+    summary, data_types, PAPER_DATA_TYPES, "paper avg QA / safety / replay length (baseline 20.8)")}
+<p>Interruption and silence are the two ends of one figure, the reply's latency (too early, too
+late): interruption pairs (B) teach waiting, silence pairs (C) teach replying, and the ratio of
+the two in the training data sets where a model that learns mostly <i>whether</i> to speak lands
+between them (<code>train.interruption_share</code>).</p>
+{_img(timing_png, 'interruption vs silence per row') if timing_png else ''}
 <h2>Audio-source control (DPO-LN, seed {b.seeds[0]})</h2>
 <p>Chosen replies are TTS audio; the rejected side keeps the model's own audio ("kept" = the DPO-LN
-row) or is resynthesised too.</p>{_row_table(summary, audio, False)}
+row) or is resynthesised too.</p>{_row_table(summary, audio)}
 <h2>Curves over training steps</h2>
 <p>Green dashed: the best step (kept); red dotted: where the run stopped; black dash-dot on the
 run with early stopping off: where early stopping would have fired.</p>{''.join(curves)}

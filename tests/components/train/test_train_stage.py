@@ -171,3 +171,49 @@ def test_pair_types_select_the_data_type_ablation(champion, tokenizer, codec):
         update={"pair_types": ["interruption", "silence"]})})
     assert run_key(timing, manifest.version, "ref") not in (every, run_key(content,
                                                                             manifest.version, "ref"))
+
+
+def test_balance_timing_downsamples_the_over_represented_type():
+    """train.interruption_share: the larger timing type is cut to the share (the same pairs on
+    every call, other types and order untouched); the share's extremes drop one type."""
+    from components.train.data import balance_timing
+
+    ids = [f"s{k}" for k in range(20)] + [f"i{k}" for k in range(10)] + ["c0", "c1"]
+    type_of = {i: {"s": "silence", "i": "interruption", "c": "content"}[i[0]] for i in ids}
+
+    def count(out: list[str]) -> tuple[int, int, int]:
+        return tuple(sum(i[0] == t for i in out) for t in "isc")  # type: ignore[return-value]
+
+    half, dropped = balance_timing(ids, type_of, 0.5, seed=1)
+    assert count(half) == (10, 10, 2) and dropped == 10
+    assert half == [i for i in ids if i in set(half)]  # order kept
+    assert balance_timing(ids, type_of, 0.5, seed=1)[0] == half  # stable
+    assert balance_timing(ids, type_of, 0.5, seed=2)[0] != half  # the seed draws them
+    assert count(balance_timing(ids, type_of, 0.8, seed=1)[0]) == (10, 2, 2)  # fewer silence
+    assert count(balance_timing(ids, type_of, 1 / 3, seed=1)[0]) == (10, 20, 2)  # as it came
+    assert count(balance_timing(ids, type_of, 0.0, seed=1)[0]) == (0, 20, 2)
+    assert count(balance_timing(ids, type_of, 1.0, seed=1)[0]) == (10, 0, 2)
+    only_content = [i for i in ids if i[0] == "c"]
+    assert balance_timing(only_content, type_of, 0.5, seed=1) == (only_content, 0)
+
+
+def test_interruption_share_trains_on_fewer_pairs_as_another_run(champion, tokenizer, codec):
+    """Set, it trains on fewer pairs (counted in balanced_out; held-out pairs untouched) and is
+    another run."""
+    from components.train.data import load_train_data
+    from components.train.logic import run_key
+
+    cfg, tag = champion
+    manifest = dataset(cfg, tokenizer, codec, tag)  # 24 pairs: 8 of each type
+    store = ObjectStore.from_config(cfg.storage)
+    args = dict(model_version=tag, on_policy=True, heldout_fraction=0.25, seed=3, min_pairs=4)
+    every = load_train_data(store, manifest.version, **args)
+    quiet = load_train_data(store, manifest.version, interruption_share=0.25, **args)
+    assert quiet.heldout_ids == every.heldout_ids
+    assert quiet.by_type["silence"] == every.by_type["silence"]
+    assert quiet.by_type["interruption"] == round(every.by_type["silence"] / 3)
+    assert quiet.balanced_out == len(every.train_ids) - len(quiet.train_ids) > 0
+    assert quiet.summary()["balanced_out"] == quiet.balanced_out
+    shared = cfg.model_copy(update={"train": cfg.train.model_copy(
+        update={"interruption_share": 0.25})})
+    assert run_key(shared, manifest.version, "ref") != run_key(cfg, manifest.version, "ref")
