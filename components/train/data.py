@@ -16,6 +16,7 @@ a deterministic, resumable epoch order over a streamed pairs dataset.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -151,7 +152,6 @@ def load_train_data(store: ObjectStore, version: str, *, model_version: str | No
     versions = serving_versions(store, dataset.manifest.input_manifest_id) if on_policy else {}
     train_ids: list[str] = []
     heldout_ids: list[str] = []
-    by_type: dict[str, int] = {}
     type_of: dict[str, str] = {}
     dropped = not_in_mix = other_types = 0
     for index in range(len(dataset.manifest.shards)):
@@ -172,23 +172,15 @@ def load_train_data(store: ObjectStore, version: str, *, model_version: str | No
                 heldout_ids.append(pair_id)
             else:
                 train_ids.append(pair_id)
-                by_type[pair_type] = by_type.get(pair_type, 0) + 1
     if heldout_fraction > 0 and not heldout_ids and len(train_ids) >= 2:
         # a small dataset can draw no held-out pair at all: hold out the one whose hash is
         # lowest (still stable), so held-out accuracy is always measured
         first = min(train_ids, key=lambda i: _heldout_hash(i, seed))
         train_ids.remove(first)
         heldout_ids.append(first)
-        by_type.clear()
-        for pid in train_ids:
-            ptype = type_of[pid]
-            by_type[ptype] = by_type.get(ptype, 0) + 1
     balanced_out = 0
     if interruption_share is not None:
         train_ids, balanced_out = balance_timing(train_ids, type_of, interruption_share, seed)
-        by_type = {}
-        for pid in train_ids:
-            by_type[type_of[pid]] = by_type.get(type_of[pid], 0) + 1
     kept = len(train_ids) + len(heldout_ids)
     if kept < min_pairs:
         why = f" ({dropped} dropped: served by another model than {model_version})" if dropped else ""
@@ -200,6 +192,7 @@ def load_train_data(store: ObjectStore, version: str, *, model_version: str | No
                              f"train.min_pairs={min_pairs}")
     if not train_ids:
         raise NotEnoughPairs(f"dataset {version}: every kept pair is held out")
+    by_type = dict(Counter(type_of[i] for i in train_ids))  # what the run trains on, by type
     return TrainData(dataset=dataset, train_ids=train_ids, heldout_ids=heldout_ids,
                      dropped_off_policy=dropped, by_type=by_type, seed=seed,
                      not_in_mix=not_in_mix, other_types=other_types, balanced_out=balanced_out)

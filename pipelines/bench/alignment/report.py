@@ -86,6 +86,15 @@ def _img(png: str, alt: str) -> str:
     return f'<img alt="{esc(alt)}" src="data:image/png;base64,{png}">'
 
 
+def _row_color(name: str) -> str:
+    """One colour per kind of row in every plot: the champion grey, the algorithms blue, the
+    data-type ablation orange, the audio-source control and the curve green."""
+    if name == "champion":
+        return "#999999"
+    return {"algorithms": "#4c72b0", "data_types": "#dd8452"}.get(ROW_BY_NAME[name].group,
+                                                                  "#55a868")
+
+
 def table_plot(summary: dict[str, Any]) -> str | None:
     """Each table metric as bars (mean) with seed-spread whiskers, one bar per row."""
     import matplotlib
@@ -101,9 +110,7 @@ def table_plot(summary: dict[str, Any]) -> str | None:
         names = [r["row"] for r in rows]
         means = [r["mean"][metric] if r["mean"][metric] is not None else 0.0 for r in rows]
         sds = [r["sd"][metric] or 0.0 for r in rows]
-        colors = ["#999999" if n == "champion" else "#4c72b0" if ROW_BY_NAME[n].group ==
-                  "algorithms" else "#dd8452" for n in names]
-        ax.bar(range(len(rows)), means, yerr=sds, color=colors, capsize=3)
+        ax.bar(range(len(rows)), means, yerr=sds, color=[_row_color(n) for n in names], capsize=3)
         ax.set_xticks(range(len(rows)), [n.replace("_", "\n") for n in names], fontsize=6)
         ax.set_title(_heading(metric), fontsize=9)
     return _png(fig)
@@ -124,9 +131,7 @@ def timing_plot(summary: dict[str, Any]) -> str | None:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     for r in rows:
-        group = ROW_BY_NAME[r["row"]].group
-        color = ("#999999" if r["row"] == "champion" else "#4c72b0" if group == "algorithms"
-                 else "#dd8452" if group == "data_types" else "#55a868")
+        color = _row_color(r["row"])
         x, y = r["mean"]["silence"], r["mean"]["interruption"]
         ax.errorbar(x, y, xerr=r["sd"]["silence"] or 0.0, yerr=r["sd"]["interruption"] or 0.0,
                     fmt="o", color=color, capsize=2, ms=5)
